@@ -1,0 +1,118 @@
+"""repoll: long HTTP work, pollable for every endpoint.
+
+The server side (``install``, ``deferred``, ``PollingMiddleware``) needs the
+``server`` extra; the httpx transports need ``client``. The protocol core
+needs nothing. Optional names are loaded on first use, so importing repoll
+never fails for a missing extra: using the name does, with the install hint.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._errors import (
+    InvalidTransition,
+    MissingExtraError,
+    NotDeferrableError,
+    OperationCanceled,
+    OperationError,
+    OperationExpired,
+    OperationFailed,
+    OperationNotFound,
+    PollingTimeout,
+    ProtocolError,
+    RepollError,
+)
+from ._executor import Executor, InProcessExecutor
+from ._headers import Preferences, parse_prefer, parse_retry_after, parse_retry_after_ms
+from ._model import Operation, StoredResponse
+from ._pacing import PacingPolicy
+from ._poll import Hop, PollOptions
+from ._status import OperationStatus
+from ._store import MemoryStore, Store
+
+if TYPE_CHECKING:
+    from ._httpx import AsyncPollingTransport, PollingTransport
+    from ._install import install
+    from ._server import (
+        PollingMiddleware,
+        PollingServer,
+        RunningOperation,
+        current_operation,
+        defer,
+        deferred,
+        report_progress,
+    )
+    from ._sqlite_store import SQLiteStore
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncPollingTransport",
+    "Executor",
+    "Hop",
+    "InProcessExecutor",
+    "InvalidTransition",
+    "MemoryStore",
+    "MissingExtraError",
+    "NotDeferrableError",
+    "Operation",
+    "OperationCanceled",
+    "OperationError",
+    "OperationExpired",
+    "OperationFailed",
+    "OperationNotFound",
+    "OperationStatus",
+    "PacingPolicy",
+    "PollOptions",
+    "PollingMiddleware",
+    "PollingServer",
+    "PollingTimeout",
+    "PollingTransport",
+    "Preferences",
+    "ProtocolError",
+    "RepollError",
+    "RunningOperation",
+    "SQLiteStore",
+    "Store",
+    "StoredResponse",
+    "current_operation",
+    "defer",
+    "deferred",
+    "install",
+    "parse_prefer",
+    "parse_retry_after",
+    "parse_retry_after_ms",
+    "report_progress",
+]
+
+# Names whose modules import optional dependencies: loaded on first use.
+_LAZY: dict[str, str] = {
+    "AsyncPollingTransport": "._httpx",
+    "PollingTransport": "._httpx",
+    "install": "._install",
+    "PollingMiddleware": "._server",
+    "PollingServer": "._server",
+    "RunningOperation": "._server",
+    "current_operation": "._server",
+    "defer": "._server",
+    "deferred": "._server",
+    "report_progress": "._server",
+    "SQLiteStore": "._sqlite_store",
+}
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name = _LAZY[name]
+    except KeyError:
+        msg = f"module 'repoll' has no attribute {name!r}"
+        raise AttributeError(msg) from None
+    value = getattr(importlib.import_module(module_name, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

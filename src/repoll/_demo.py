@@ -1,0 +1,72 @@
+"""The demo app: one slow endpoint, deferred with repoll.
+
+``repoll serve`` serves it; ``repoll demo`` drives it and shows every hop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+from ._errors import require
+
+require("fastapi", "cli")
+
+from fastapi import FastAPI  # noqa: E402 - after the extra check, for its clear message
+from pydantic import BaseModel, Field  # noqa: E402
+
+from ._install import install  # noqa: E402
+from ._server import PollingServer, deferred, report_progress  # noqa: E402
+
+
+class WorkRequest(BaseModel):
+    """How long the simulated work takes, and whether it should fail."""
+
+    seconds: float = Field(ge=0, le=3600, description="Duration of the simulated work.")
+    fail: bool = Field(default=False, description="Raise at the end instead of answering.")
+
+
+class WorkResult(BaseModel):
+    result: str
+    seconds: float
+    steps: int
+
+
+class DemoFailure(RuntimeError):
+    """The demo work failing on request."""
+
+
+def create_app(store: Any = None, **options: Any) -> FastAPI:
+    """The demo app. ``store`` defaults to ``$REPOLL_STORE`` or ``sqlite:///repoll.sqlite3``."""
+    app = FastAPI(
+        title="repoll demo",
+        description="A slow endpoint made pollable by repoll: see docs/protocol.md.",
+    )
+    server: PollingServer = install(
+        app, store=store or os.environ.get("REPOLL_STORE") or None, **options
+    )
+    app.state.repoll = server
+
+    @app.post("/start_work", response_model=WorkResult)
+    @deferred
+    async def start_work(work: WorkRequest) -> WorkResult:
+        """Simulate `seconds` of work, reporting progress; then answer (or fail)."""
+        steps = max(1, min(int(work.seconds * 4), 200))
+        started = time.monotonic()
+        for step in range(1, steps + 1):
+            # Sleep to the step's deadline, so that reports don't drift.
+            await asyncio.sleep(max(0.0, started + work.seconds * step / steps - time.monotonic()))
+            report_progress(step / steps, f"step {step} of {steps}")
+        if work.fail:
+            msg = "the demo work failed, as requested"
+            raise DemoFailure(msg)
+        return WorkResult(result="done", seconds=work.seconds, steps=steps)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """Liveness: answers at once, never deferred."""
+        return {"status": "ok"}
+
+    return app

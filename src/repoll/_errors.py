@@ -1,0 +1,87 @@
+"""repoll's exceptions.
+
+The tree::
+
+    RepollError
+    ├── MissingExtraError (also ImportError)   an optional dependency is not installed
+    ├── ProtocolError                          a peer broke docs/protocol.md
+    │   └── InvalidTransition                  an operation cannot move that way
+    ├── NotDeferrableError (also RuntimeError) defer() outside a deferrable request
+    ├── OperationError                         an operation could not be completed
+    │   ├── OperationNotFound                  404: unknown, foreign or malformed id
+    │   ├── OperationExpired                   410: retention ended
+    │   ├── OperationFailed                    the final outcome is ``failed``
+    │   └── OperationCanceled                  the final outcome is ``canceled``
+    └── PollingTimeout (also TimeoutError)     the overall deadline passed
+"""
+
+from __future__ import annotations
+
+
+class RepollError(Exception):
+    """Base class of every exception repoll raises on purpose."""
+
+
+class MissingExtraError(RepollError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+    def __init__(self, extra: str, module: str) -> None:
+        self.extra = extra
+        self.module = module
+        super().__init__(
+            f"{module!r} is not installed; it comes with repoll's {extra!r} extra: "
+            f"pip install 'repoll[{extra}]'"
+        )
+
+
+class ProtocolError(RepollError):
+    """A message broke the protocol in docs/protocol.md."""
+
+
+class InvalidTransition(ProtocolError):
+    """An operation was asked to move to a state its current state cannot reach."""
+
+    def __init__(self, current: str, event: str) -> None:
+        self.current = current
+        self.event = event
+        super().__init__(f"operation in state {current!r} cannot take event {event!r}")
+
+
+class NotDeferrableError(RepollError, RuntimeError):
+    """``defer()`` was called where no repoll middleware can defer the request."""
+
+
+class OperationError(RepollError):
+    """An operation did not end with a response the caller can use."""
+
+    def __init__(self, message: str, *, operation_url: str | None = None) -> None:
+        self.operation_url = operation_url
+        super().__init__(message)
+
+
+class OperationNotFound(OperationError):
+    """The server does not know the operation (or it belongs to someone else)."""
+
+
+class OperationExpired(OperationError):
+    """The operation's result was kept for its retention time and then dropped."""
+
+
+class OperationFailed(OperationError):
+    """The operation ended ``failed``."""
+
+
+class OperationCanceled(OperationError):
+    """The operation ended ``canceled``."""
+
+
+class PollingTimeout(OperationError, TimeoutError):
+    """The overall deadline passed; ``operation_url`` resumes the operation."""
+
+
+def require(module: str, extra: str) -> None:
+    """Raise :class:`MissingExtraError` unless ``module`` can be imported."""
+    import importlib.util  # noqa: PLC0415 - only needed on this cold path
+
+    if importlib.util.find_spec(module) is None:
+        raise MissingExtraError(extra, module)

@@ -1,0 +1,119 @@
+"""Where deferred work runs: the executor interface and the in-process executor."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Protocol, TypeVar, runtime_checkable
+
+T = TypeVar("T")
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Gives deferred work a slot, runs sync handlers off the event loop, cancels."""
+
+    @property
+    def concurrency(self) -> int:
+        """How many operations may run at once."""
+
+    @property
+    def waiting(self) -> int:
+        """How many operations wait for a slot."""
+
+    def slot(self, operation_id: str) -> AbstractAsyncContextManager[None]:
+        """Wait for a free slot, hold it for the body of the ``async with``."""
+
+    async def run_sync(self, fn: Callable[[], T]) -> T:
+        """Run a blocking callable without blocking the event loop."""
+
+    def track(self, operation_id: str, task: asyncio.Task[None]) -> None:
+        """Remember the task doing ``operation_id`` so it can be cancelled."""
+
+    def cancel(self, operation_id: str) -> bool:
+        """Cancel the task doing ``operation_id``; False if none is known here."""
+
+    async def shutdown(self, grace: float) -> list[str]:
+        """Let work finish for ``grace`` seconds, cancel the rest; return their ids."""
+
+
+class InProcessExecutor:
+    """Runs operations as asyncio tasks in this process, at most ``concurrency`` at once.
+
+    Async handlers run on the event loop; sync handlers in a thread pool of the
+    same size, so a slot always has a thread.
+    """
+
+    def __init__(self, concurrency: int = 16) -> None:
+        if concurrency < 1:
+            msg = "concurrency must be at least 1"
+            raise ValueError(msg)
+        self._concurrency = concurrency
+        self._semaphore: asyncio.Semaphore | None = None
+        self._waiting = 0
+        self._threads: ThreadPoolExecutor | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    @property
+    def concurrency(self) -> int:
+        return self._concurrency
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    @property
+    def running(self) -> int:
+        return len(self._tasks)
+
+    @asynccontextmanager
+    async def slot(self, operation_id: str) -> AsyncIterator[None]:
+        if self._semaphore is None:
+            self._semaphore = asyncio.Semaphore(self._concurrency)
+        self._waiting += 1
+        try:
+            await self._semaphore.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            yield
+        finally:
+            self._semaphore.release()
+
+    async def run_sync(self, fn: Callable[[], T]) -> T:
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(
+                max_workers=self._concurrency, thread_name_prefix="repoll-work"
+            )
+        context = contextvars.copy_context()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads, functools.partial(context.run, fn))
+
+    def track(self, operation_id: str, task: asyncio.Task[None]) -> None:
+        self._tasks[operation_id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(operation_id, None))
+
+    def cancel(self, operation_id: str) -> bool:
+        task = self._tasks.get(operation_id)
+        if task is None or task.done():
+            return False
+        task.cancel()
+        return True
+
+    async def shutdown(self, grace: float) -> list[str]:
+        pending = dict(self._tasks)
+        if pending and grace > 0:
+            await asyncio.wait(pending.values(), timeout=grace)
+        unfinished = [op_id for op_id, task in pending.items() if not task.done()]
+        for op_id in unfinished:
+            pending[op_id].cancel()
+        if unfinished:
+            await asyncio.wait([pending[i] for i in unfinished], timeout=5)
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
+            self._threads = None
+        return unfinished

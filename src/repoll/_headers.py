@@ -1,0 +1,173 @@
+"""Parsing and formatting of the header fields the protocol uses.
+
+Pure functions, no I/O, no clock: callers pass ``now`` where time matters.
+Parsers are lenient in what they accept and never raise on a peer's bad
+input; they return ``None`` (or an empty result) instead, because RFC 7240
+asks servers to ignore preferences they do not understand and a client must
+not crash on a malformed ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+OPERATION_STATUS: Final = "operation-status"
+RETRY_AFTER: Final = "retry-after"
+RETRY_AFTER_MS: Final = "retry-after-ms"
+PREFER: Final = "prefer"
+PREFERENCE_APPLIED: Final = "preference-applied"
+PROBLEM_JSON: Final = "application/problem+json"
+
+# Ids carry 128 random bits, URL-safe base64 without padding: 22 characters.
+_ID_BYTES: Final = 16
+_ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{22}")
+
+# Seconds a Retry-After may name before we consider it nonsense (one week).
+_MAX_DELAY_S: Final = 7 * 24 * 3600.0
+
+
+def new_operation_id() -> str:
+    """An unguessable operation id (128 random bits)."""
+    return secrets.token_urlsafe(_ID_BYTES)
+
+
+def is_valid_operation_id(value: str) -> bool:
+    """True if ``value`` has the shape of an id this server could have issued."""
+    return _ID_RE.fullmatch(value) is not None
+
+
+# --- Retry-After ------------------------------------------------------------
+
+
+def parse_retry_after(value: str | None, *, now: float) -> float | None:
+    """Seconds to wait, from a ``Retry-After`` value (delay-seconds or HTTP-date).
+
+    ``now`` is a Unix timestamp. A date in the past gives ``0.0``. Malformed,
+    negative or absurdly large values give ``None``.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        seconds = float(int(text))
+        return seconds if seconds <= _MAX_DELAY_S else None
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT; a naive one is malformed
+        return None
+    delay = when.timestamp() - now
+    return min(max(delay, 0.0), _MAX_DELAY_S)
+
+
+def parse_retry_after_ms(value: str | None) -> float | None:
+    """Seconds to wait, from a ``Retry-After-Ms`` value (integer milliseconds)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text.isdigit():
+        return None
+    seconds = int(text) / 1000.0
+    return seconds if seconds <= _MAX_DELAY_S else None
+
+
+def retry_after_headers(delay_s: float) -> dict[str, str]:
+    """``Retry-After`` (whole seconds, rounded up) and ``Retry-After-Ms`` (precise)."""
+    delay_s = max(delay_s, 0.0)
+    return {
+        RETRY_AFTER: str(math.ceil(delay_s)),
+        RETRY_AFTER_MS: str(round(delay_s * 1000)),
+    }
+
+
+# --- Prefer (RFC 7240) -------------------------------------------------------
+
+# A preference is token [ BWS "=" BWS word ] *( OWS ";" [ OWS parameter ] ),
+# word = token / quoted-string. Parameters are accepted and dropped: none of
+# the preferences repoll applies defines any.
+_PREFERENCE_RE: Final = re.compile(
+    r"""\s*(?P<name>[!#$%&'*+.^_`|~0-9A-Za-z-]+)
+        (?:\s*=\s*(?P<value>"(?:[^"\\]|\\.)*"|[!#$%&'*+.^_`|~0-9A-Za-z-]*))?
+        (?P<params>(?:\s*;[^,]*)?)\s*(?:,|$)""",
+    re.VERBOSE,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Preferences:
+    """What a request's ``Prefer`` fields ask of repoll."""
+
+    respond_async: bool = False
+    wait: float | None = None  # seconds; None when absent or malformed
+
+
+NO_PREFERENCES: Final = Preferences()
+
+
+def parse_prefer(values: Iterable[str]) -> Preferences:
+    """Read ``respond-async`` and ``wait`` from every ``Prefer`` field value.
+
+    Unknown or malformed preferences are ignored (RFC 7240 section 2). When a
+    preference is repeated, the first occurrence wins, as RFC 7240 asks.
+    """
+    respond_async = False
+    wait: float | None = None
+    seen: set[str] = set()
+    for field in values:
+        for match in _PREFERENCE_RE.finditer(field):
+            name = match.group("name").lower()
+            if name in seen:
+                continue
+            seen.add(name)
+            raw = match.group("value")
+            if raw is not None and raw.startswith('"'):
+                raw = raw[1:-1]
+            if name == "respond-async":
+                respond_async = True
+            elif name == "wait" and raw is not None and raw.isdigit():
+                wait = min(float(int(raw)), _MAX_DELAY_S)
+    return Preferences(respond_async=respond_async, wait=wait)
+
+
+def format_prefer(*, respond_async: bool = False, wait: float | None = None) -> str | None:
+    """A ``Prefer`` value asking for the given preferences, or None for none."""
+    parts = []
+    if respond_async:
+        parts.append("respond-async")
+    if wait is not None:
+        parts.append(f"wait={max(math.floor(wait), 0)}")
+    return ", ".join(parts) or None
+
+
+# --- Problem details (RFC 9457) --------------------------------------------
+
+PROBLEM_TYPE_BASE: Final = "urn:repoll:problem:"
+
+
+def problem_body(
+    status: int,
+    title: str,
+    detail: str | None = None,
+    *,
+    kind: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> bytes:
+    """An ``application/problem+json`` document."""
+    document: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + kind if kind else "about:blank",
+        "title": title,
+        "status": status,
+    }
+    if detail is not None:
+        document["detail"] = detail
+    if extra:
+        document.update(extra)
+    return json.dumps(document, separators=(",", ":")).encode()

@@ -1,0 +1,111 @@
+"""The operation record every store keeps, and its JSON status document."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ._status import Event, OperationStatus, transition
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """An endpoint's response, kept to be replayed byte for byte."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "headers": [list(pair) for pair in self.headers],
+            "body": self.body.decode("latin-1"),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StoredResponse:
+        return cls(
+            status=int(data["status"]),
+            headers=tuple((str(k), str(v)) for k, v in data["headers"]),
+            body=str(data["body"]).encode("latin-1"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One deferred request: who started it, where it is, and its final response."""
+
+    id: str
+    principal: str
+    endpoint: str
+    status: OperationStatus
+    created_at: float
+    updated_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    expires_at: float | None = None
+    progress: float | None = None
+    message: str | None = None
+    cancel_requested: bool = False
+    response: StoredResponse | None = None
+    version: int = 0
+
+    def apply(
+        self,
+        event: Event,
+        *,
+        now: float,
+        retention: float,
+        response: StoredResponse | None = None,
+        message: str | None = None,
+    ) -> Operation:
+        """The record after ``event`` (raises InvalidTransition if it cannot happen)."""
+        status = transition(self.status, event)
+        changes: dict[str, Any] = {"status": status, "updated_at": now}
+        if event is Event.START:
+            changes["started_at"] = now
+        if status.is_terminal:
+            changes["finished_at"] = now
+            changes["expires_at"] = now + retention
+            changes["response"] = response
+            if status is OperationStatus.SUCCEEDED:
+                changes["progress"] = 1.0
+        if message is not None:
+            changes["message"] = message
+        return dataclasses.replace(self, **changes)
+
+    def status_document(self) -> dict[str, Any]:
+        """The JSON body of a status response (never the result itself)."""
+        return {
+            "id": self.id,
+            "status": self.status.value,
+            "progress": self.progress,
+            "message": self.message,
+            "cancel_requested": self.cancel_requested,
+            "created_at": _rfc3339(self.created_at),
+            "updated_at": _rfc3339(self.updated_at),
+            "started_at": _rfc3339(self.started_at),
+            "finished_at": _rfc3339(self.finished_at),
+            "expires_at": _rfc3339(self.expires_at),
+        }
+
+    def status_json(self) -> bytes:
+        return json.dumps(self.status_document(), separators=(",", ":")).encode()
+
+
+def _rfc3339(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="milliseconds")
+
+
+def clamp_progress(value: float | None) -> float | None:
+    """Progress as the protocol carries it: None, or a number in [0, 1]."""
+    if value is None or math.isnan(value):  # NaN means "don't know"
+        return None
+    return min(max(float(value), 0.0), 1.0)

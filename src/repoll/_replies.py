@@ -1,0 +1,168 @@
+"""What the server answers, decided without I/O.
+
+Each function turns an operation record (and what the request prefers) into a
+:class:`Reply`: status, header fields and body. The ASGI layer only sends it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from . import _headers as h
+from ._headers import Preferences
+from ._model import Operation, StoredResponse
+from ._status import OperationStatus
+
+Headers = list[tuple[str, str]]
+
+_JSON = ("content-type", "application/json")
+_NO_STORE = ("cache-control", "no-store")
+# Headers a replay drops from the stored response because the replay sets its own.
+_REPLACED_ON_REPLAY = frozenset({"cache-control", "content-location", h.OPERATION_STATUS})
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    headers: Headers
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        return next((v for k, v in self.headers if k.lower() == name), None)
+
+
+def pending(
+    operation: Operation, *, operation_url: str, preferences: Preferences, interval: float
+) -> Reply:
+    """Not finished yet: 303 to the operation URL, or 202 when ``respond-async`` was asked."""
+    headers: Headers = [
+        ("location", operation_url),
+        *h.retry_after_headers(interval).items(),
+        (h.OPERATION_STATUS, operation.status.value),
+        _JSON,
+        _NO_STORE,
+    ]
+    status = 303
+    if preferences.respond_async:
+        status = 202
+        headers.append((h.PREFERENCE_APPLIED, "respond-async"))
+    return Reply(status, headers, operation.status_json())
+
+
+def final(operation: Operation, *, operation_url: str) -> Reply:
+    """The endpoint's own response, replayed, marked as the outcome of ``operation_url``."""
+    if operation.response is None:  # a terminal record always has one; be safe anyway
+        stored = lost_response("the operation ended without a response")
+    else:
+        stored = operation.response
+    headers: Headers = [(k, v) for k, v in stored.headers if k.lower() not in _REPLACED_ON_REPLAY]
+    headers += [
+        (h.OPERATION_STATUS, operation.status.value),
+        ("content-location", operation_url),
+        _NO_STORE,
+    ]
+    return Reply(stored.status, headers, stored.body)
+
+
+def status_only(operation: Operation, *, status: int = 200) -> Reply:
+    """The status document alone (the answer to DELETE)."""
+    return Reply(
+        status,
+        [(h.OPERATION_STATUS, operation.status.value), _JSON, _NO_STORE],
+        operation.status_json(),
+    )
+
+
+def problem(
+    status: int,
+    title: str,
+    detail: str | None = None,
+    *,
+    kind: str | None = None,
+    extra_headers: Iterable[tuple[str, str]] = (),
+) -> Reply:
+    body = h.problem_body(status, title, detail, kind=kind)
+    return Reply(status, [("content-type", h.PROBLEM_JSON), _NO_STORE, *extra_headers], body)
+
+
+def not_found() -> Reply:
+    # The same answer for an unknown id, a malformed id and someone else's
+    # operation, so that existence does not leak.
+    return problem(404, "Operation not found", "No such operation.", kind="operation-not-found")
+
+
+def expired(operation: Operation) -> Reply:
+    return problem(
+        410,
+        "Operation expired",
+        "The operation's outcome was kept for its retention time and then discarded.",
+        kind="operation-expired",
+    )
+
+
+def body_too_large(limit: int) -> Reply:
+    return problem(
+        413,
+        "Request body too large",
+        f"A deferred request's body may be at most {limit} bytes.",
+        kind="body-too-large",
+    )
+
+
+def method_not_allowed() -> Reply:
+    return problem(
+        405,
+        "Method not allowed",
+        "Use GET or DELETE.",
+        extra_headers=[("allow", "GET, HEAD, DELETE")],
+    )
+
+
+def stored_problem(status: int, title: str, detail: str, *, kind: str) -> StoredResponse:
+    """A problem document to keep as an operation's final response."""
+    return StoredResponse(
+        status,
+        (("content-type", h.PROBLEM_JSON),),
+        h.problem_body(status, title, detail, kind=kind),
+    )
+
+
+def handler_error_response(exc: BaseException) -> StoredResponse:
+    # The exception's type is useful to the caller; its message may hold
+    # internals, so it stays in the server log.
+    return stored_problem(
+        500,
+        "The operation failed",
+        f"The endpoint raised {type(exc).__name__}; the server log has the details.",
+        kind="operation-failed",
+    )
+
+
+def lost_response(reason: str) -> StoredResponse:
+    return stored_problem(500, "The operation was lost", reason, kind="operation-lost")
+
+
+def canceled_response() -> StoredResponse:
+    return stored_problem(
+        409,
+        "The operation was canceled",
+        "Cancellation was requested before the work finished.",
+        kind="operation-canceled",
+    )
+
+
+def decode_status_document(body: bytes) -> dict[str, object] | None:
+    """The status document in a pending reply, or None if it is not one."""
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(document, dict) or document.get("status") not in _STATUS_VALUES:
+        return None
+    return document
+
+
+_STATUS_VALUES = frozenset(s.value for s in OperationStatus)

@@ -1,0 +1,786 @@
+"""The ASGI shell: defers requests, serves operation URLs, paces polls.
+
+How a request is deferred
+-------------------------
+:class:`PollingMiddleware` runs the wrapped app for each HTTP request in a
+child task. The app validates the request as usual; when the endpoint calls
+:func:`defer` (the :func:`deferred` decorator does so on entry), the
+middleware creates an operation, answers the client ``303``/``202`` at once
+(or waits for ``Prefer: wait``), and the child task keeps running the
+endpoint. Whatever the app then sends is captured and stored as the
+operation's final response, so the replay is exactly what the synchronous call
+would have answered, status codes, headers, exception handlers and all. A
+request whose endpoint never calls :func:`defer` passes through untouched.
+
+Every decision about what to answer lives in the I/O-free modules
+(``_replies``, ``_pacing``, ``_status``, ``_headers``); this module moves
+bytes, time and tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import dataclasses
+import functools
+import hashlib
+import inspect
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any, ParamSpec, TypeVar, cast, overload
+
+from . import _replies as replies
+from ._errors import InvalidTransition, NotDeferrableError, OperationCanceled
+from ._executor import Executor, InProcessExecutor
+from ._headers import (
+    Preferences,
+    is_valid_operation_id,
+    new_operation_id,
+    parse_prefer,
+)
+from ._model import Operation, StoredResponse, clamp_progress
+from ._pacing import DurationHistory, PacingPolicy, WorkSnapshot, estimate_interval, hold_seconds
+from ._status import Event, OperationStatus, finish_event
+from ._store import Store, store_from_url, update_operation
+
+logger = logging.getLogger("repoll")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+PrincipalFunction = Callable[[Scope], str | Awaitable[str]]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_STORE_URL = "sqlite:///repoll.sqlite3"
+
+
+def default_principal(scope: Scope) -> str:
+    """Who started a request: a digest of its Authorization and Cookie fields.
+
+    Requests with neither share the anonymous principal ``""``. Only the
+    digest is stored, never the credential.
+    """
+    authorization = cookie = b""
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            authorization = value
+        elif name == b"cookie":
+            cookie = value
+    if not authorization and not cookie:
+        return ""
+    return hashlib.sha256(authorization + b"\0" + cookie).hexdigest()
+
+
+def _header_values(scope: Scope, name: bytes) -> Iterable[str]:
+    return (v.decode("latin-1") for k, v in scope.get("headers", ()) if k == name)
+
+
+def _route_path(scope: Scope) -> str:
+    # Group history by route template (/items/{id}), not by concrete path.
+    route_path = getattr(scope.get("route"), "path", None)
+    return route_path if isinstance(route_path, str) else str(scope["path"])
+
+
+class _Notifier:
+    """Wakes held polls the moment their operation finishes (in this process)."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, tuple[asyncio.Event, int]] = {}
+
+    @asynccontextmanager
+    async def listening(self, operation_id: str) -> AsyncIterator[asyncio.Event]:
+        event, count = self._events.get(operation_id, (None, 0))
+        if event is None:
+            event = asyncio.Event()
+        self._events[operation_id] = (event, count + 1)
+        try:
+            yield event
+        finally:
+            _, count = self._events.get(operation_id, (event, 1))
+            if count <= 1:
+                self._events.pop(operation_id, None)
+            else:
+                self._events[operation_id] = (event, count - 1)
+
+    def notify(self, operation_id: str) -> None:
+        entry = self._events.pop(operation_id, None)
+        if entry is not None:
+            entry[0].set()
+
+    @property
+    def listeners(self) -> int:
+        return sum(count for _, count in self._events.values())
+
+
+class PollingServer:
+    """The state every request shares: store, executor, pacing, wake-ups.
+
+    Create one with :func:`install` (Starlette/FastAPI) or pass it to
+    :class:`PollingMiddleware` (any ASGI app).
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store | str | None = None,
+        executor: Executor | None = None,
+        pacing: PacingPolicy | None = None,
+        retention: float = 3600.0,
+        operations_path: str = "/operations",
+        max_body_size: int = 1024 * 1024,
+        max_response_size: int = 64 * 1024 * 1024,
+        principal: PrincipalFunction = default_principal,
+        shutdown_grace: float = 5.0,
+    ) -> None:
+        if store is None:
+            store = DEFAULT_STORE_URL
+        self.store: Store = store_from_url(store) if isinstance(store, str) else store
+        self.executor: Executor = executor or InProcessExecutor()
+        self.pacing = pacing or PacingPolicy()
+        self.retention = retention
+        self.operations_path = "/" + operations_path.strip("/")
+        self.max_body_size = max_body_size
+        self.max_response_size = max_response_size
+        self.principal = principal
+        self.shutdown_grace = shutdown_grace
+        self.held_polls = 0
+        self._notifier = _Notifier()
+        self._history: dict[str, DurationHistory] = {}
+        self._running: dict[str, RunningOperation] = {}
+        self._open = False
+        self._closing = False
+        self._open_lock: asyncio.Lock | None = None
+        self._last_purge = 0.0
+
+    # --- life cycle -----------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the store and settle operations a previous process left unfinished."""
+        if self._open:
+            return
+        if self._open_lock is None:
+            self._open_lock = asyncio.Lock()
+        async with self._open_lock:
+            if self._open:
+                return
+            await self.store.open()
+            self._closing = False
+            for op in await self.store.unfinished():
+                await self._lose(
+                    op.id,
+                    f"The server stopped while the operation was {op.status.value}; "
+                    "its work was lost. Start it again.",
+                )
+            self._open = True
+
+    async def close(self) -> None:
+        """Give running work ``shutdown_grace`` seconds, mark the rest failed, close."""
+        if not self._open:
+            return
+        self._closing = True
+        for op_id in await self.executor.shutdown(self.shutdown_grace):
+            await self._lose(op_id, "The server shut down before the work finished.")
+        await self.store.close()
+        self._open = False
+
+    # --- operations -----------------------------------------------------------
+
+    def operation_url(self, scope: Scope, operation_id: str) -> str:
+        return f"{scope.get('root_path', '')}{self.operations_path}/{operation_id}"
+
+    async def _principal_of(self, scope: Scope) -> str:
+        result = self.principal(scope)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    async def _transition(
+        self,
+        operation_id: str,
+        event: Event,
+        *,
+        response: StoredResponse | None = None,
+        message: str | None = None,
+    ) -> Operation | None:
+        """Apply ``event``; None when the operation is gone or already moved on."""
+
+        changed = False
+
+        def change(op: Operation) -> Operation | None:
+            nonlocal changed
+            try:
+                updated = op.apply(
+                    event,
+                    now=time.time(),
+                    retention=self.retention,
+                    response=response,
+                    message=message,
+                )
+            except InvalidTransition:
+                changed = False
+                return None
+            changed = True
+            return updated
+
+        after = await update_operation(self.store, operation_id, change)
+        if after is None or not changed:
+            return None
+        if after.status.is_terminal:
+            self._notifier.notify(operation_id)
+        return after
+
+    async def _lose(self, operation_id: str, reason: str) -> None:
+        await self._transition(
+            operation_id, Event.LOSE, response=replies.lost_response(reason), message=reason
+        )
+
+    async def _finish(self, running: RunningOperation, response: StoredResponse) -> None:
+        op = await self._transition(running.id, finish_event(response.status), response=response)
+        if op is not None and op.started_at is not None and op.finished_at is not None:
+            history = self._history.setdefault(op.endpoint, DurationHistory())
+            history.add(op.finished_at - op.started_at)
+
+    async def _end_interrupted(self, running: RunningOperation, exc: BaseException) -> None:
+        """The work raised or was cancelled: record the one outcome that applies."""
+        if running.cancel_requested and isinstance(exc, asyncio.CancelledError | OperationCanceled):
+            await self._transition(
+                running.id,
+                Event.CANCEL,
+                response=replies.canceled_response(),
+                message="Canceled on request.",
+            )
+        elif isinstance(exc, asyncio.CancelledError):
+            await self._lose(running.id, "The server stopped the work before it finished.")
+        else:
+            logger.error("operation %s: the endpoint raised", running.id, exc_info=exc)
+            await self._transition(
+                running.id,
+                Event.FINISH_ERROR,
+                response=replies.handler_error_response(exc),
+                message=f"The endpoint raised {type(exc).__name__}.",
+            )
+
+    async def _store_progress(
+        self, operation_id: str, progress: float | None, message: str | None
+    ) -> None:
+        def change(op: Operation) -> Operation | None:
+            if op.status.is_terminal:
+                return None
+            return dataclasses.replace(
+                op, progress=progress, message=message, updated_at=time.time()
+            )
+
+        await update_operation(self.store, operation_id, change)
+
+    def interval_for(self, op: Operation, now: float) -> float:
+        """The Retry-After the server advertises for ``op`` now."""
+        history = self._history.get(op.endpoint)
+        work = WorkSnapshot(
+            age=max(now - op.created_at, 0.0),
+            running_for=None if op.started_at is None else max(now - op.started_at, 0.0),
+            progress=op.progress,
+            typical_duration=history.mean if history else None,
+            queued_ahead=self.executor.waiting,
+            concurrency=self.executor.concurrency,
+        )
+        return estimate_interval(work, self.pacing)
+
+    async def _visible(self, scope: Scope, operation_id: str) -> Operation | None:
+        if not is_valid_operation_id(operation_id):
+            return None
+        op = await self.store.get(operation_id)
+        if op is None or op.principal != await self._principal_of(scope):
+            return None
+        return op
+
+    async def _hold(self, operation_id: str, seconds: float) -> Operation | None:
+        """Wait until the operation ends or ``seconds`` pass; return a fresh record."""
+        async with self._notifier.listening(operation_id) as finished:
+            # Read after listening, so a finish in between cannot be missed.
+            op = await self.store.get(operation_id)
+            if op is None or op.status.is_terminal or seconds <= 0:
+                return op
+            self.held_polls += 1
+            try:
+                await asyncio.wait_for(finished.wait(), timeout=seconds)
+            except TimeoutError:
+                pass
+            finally:
+                self.held_polls -= 1
+        return await self.store.get(operation_id)
+
+    def _answer(self, scope: Scope, op: Operation, preferences: Preferences) -> replies.Reply:
+        now = time.time()
+        url = self.operation_url(scope, op.id)
+        if op.expires_at is not None and op.expires_at <= now:
+            return replies.expired(op)
+        if op.status.is_terminal:
+            return replies.final(op, operation_url=url)
+        return replies.pending(
+            op, operation_url=url, preferences=preferences, interval=self.interval_for(op, now)
+        )
+
+    async def status_reply(self, scope: Scope, operation_id: str) -> replies.Reply:
+        """The answer to ``GET`` on an operation URL, after holding it if due."""
+        op = await self._visible(scope, operation_id)
+        if op is None:
+            return replies.not_found()
+        preferences = parse_prefer(_header_values(scope, b"prefer"))
+        if not op.status.is_terminal:
+            advertised = self.interval_for(op, time.time())
+            held = await self._hold(op.id, hold_seconds(preferences, advertised, self.pacing))
+            if held is None:
+                return replies.not_found()
+            op = held
+        return self._answer(scope, op, preferences)
+
+    async def cancel_reply(self, scope: Scope, operation_id: str) -> replies.Reply:
+        """The answer to ``DELETE`` on an operation URL."""
+        op = await self._visible(scope, operation_id)
+        if op is None:
+            return replies.not_found()
+        if op.expires_at is not None and op.expires_at <= time.time():
+            return replies.expired(op)
+        if op.status.is_terminal:
+            return replies.status_only(op)
+
+        def flag(current: Operation) -> Operation | None:
+            if current.status.is_terminal or current.cancel_requested:
+                return None
+            return dataclasses.replace(current, cancel_requested=True, updated_at=time.time())
+
+        await update_operation(self.store, op.id, flag)
+        running = self._running.get(op.id)
+        if running is not None:
+            running.request_cancel()
+        elif op.status is OperationStatus.QUEUED:
+            await self._transition(
+                op.id,
+                Event.CANCEL,
+                response=replies.canceled_response(),
+                message="Canceled on request.",
+            )
+        # Cooperative cancellation usually lands within a moment; answer with
+        # the outcome when it does, else with 202 and the current status.
+        op = await self._hold(op.id, 1.0) or op
+        return replies.status_only(op, status=200 if op.status.is_terminal else 202)
+
+    async def _maybe_purge(self) -> None:
+        now = time.time()
+        if now - self._last_purge < 60.0:
+            return
+        self._last_purge = now
+        deleted = await self.store.purge(now=now, tombstone=self.retention)
+        if deleted:
+            logger.debug("purged %d expired operations", deleted)
+
+
+class RunningOperation:
+    """The operation the current request became; what the endpoint's work talks to.
+
+    Get it from :func:`defer` or :func:`current_operation`. Its methods are
+    safe to call from the event loop and from a sync handler's thread.
+    """
+
+    def __init__(self, server: PollingServer, operation: Operation, url: str) -> None:
+        self.id = operation.id
+        self.url = url
+        self._server = server
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._cancel = threading.Event()
+        self._in_thread = False
+        self._task = asyncio.current_task()
+        self._pending: tuple[float | None, str | None] | None = None
+        self._flushing = False
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once a client asked to cancel; sync work should check and stop."""
+        return self._cancel.is_set()
+
+    def raise_if_canceled(self) -> None:
+        """Raise :class:`~repoll.OperationCanceled` if cancellation was requested."""
+        if self._cancel.is_set():
+            msg = "cancellation was requested"
+            raise OperationCanceled(msg, operation_url=self.url)
+
+    def report_progress(self, progress: float | None = None, message: str | None = None) -> None:
+        """Record how far the work is (0..1) and a short message, for status polls."""
+        self._pending = (clamp_progress(progress), message)
+        if threading.get_ident() == self._loop_thread:
+            self._schedule_flush()
+        else:
+            self._loop.call_soon_threadsafe(self._schedule_flush)
+
+    def _schedule_flush(self) -> None:
+        # Coalesce: at most one store write in flight; the newest report wins.
+        if not self._flushing and self._pending is not None:
+            self._flushing = True
+            self._loop.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending is not None:
+                progress, message = self._pending
+                self._pending = None
+                await self._server._store_progress(self.id, progress, message)
+        finally:
+            self._flushing = False
+
+    def request_cancel(self) -> None:
+        self._cancel.set()
+        # Async work is cancelled at its next await; sync work in a thread
+        # cannot be interrupted and must check ``cancel_requested``.
+        if not self._in_thread and self._task is not None:
+            self._task.cancel()
+
+    async def run_sync(self, fn: Callable[[], R]) -> R:
+        """Run blocking work on the executor's threads, as this operation."""
+        self._in_thread = True
+        try:
+            return await self._server.executor.run_sync(fn)
+        finally:
+            self._in_thread = False
+
+
+_current_request: contextvars.ContextVar[_DeferrableRequest | None] = contextvars.ContextVar(
+    "repoll_request", default=None
+)
+_current_operation: contextvars.ContextVar[RunningOperation | None] = contextvars.ContextVar(
+    "repoll_operation", default=None
+)
+
+
+class _DeferralAborted(Exception):
+    """Raised inside the app when defer() must answer the client with an error instead."""
+
+    def __init__(self, reply: replies.Reply) -> None:
+        self.reply = reply
+        super().__init__(reply.status)
+
+
+class _DeferrableRequest:
+    """One HTTP request on its way through the app, which may become an operation."""
+
+    def __init__(self, server: PollingServer, scope: Scope, receive: Receive, send: Send) -> None:
+        self.server = server
+        self.scope = scope
+        self._receive = receive
+        self._send = send
+        self._replay: list[bytes] = []
+        self._body_size = 0
+        self._body_complete = False
+        self._response_started = False
+        self.decided: asyncio.Future[RunningOperation] = asyncio.get_running_loop().create_future()
+        self.running: RunningOperation | None = None
+        self._exit = AsyncExitStack()
+        self._captured_status: int | None = None
+        self._captured_headers: tuple[tuple[str, str], ...] = ()
+        self._captured_body: list[bytes] = []
+        self._captured_size = 0
+        self._captured_complete = False
+
+    # --- what the app sees ------------------------------------------------------
+
+    async def receive(self) -> Message:
+        if self.running is None:
+            message = await self._receive()
+            if message["type"] == "http.request":
+                self._count_body(message)
+            return message
+        if self._replay:
+            chunk = self._replay.pop(0)
+            return {"type": "http.request", "body": chunk, "more_body": bool(self._replay)}
+        # The client has its answer; the work must not see it leave. Block
+        # until the task is cancelled (which only cancellation does).
+        await asyncio.get_running_loop().create_future()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def send(self, message: Message) -> None:
+        if self.running is None:
+            if message["type"] == "http.response.start":
+                self._response_started = True
+            await self._send(message)
+            return
+        if message["type"] == "http.response.start":
+            self._captured_status = int(message["status"])
+            self._captured_headers = tuple(
+                (k.decode("latin-1"), v.decode("latin-1")) for k, v in message.get("headers", ())
+            )
+        elif message["type"] == "http.response.body":
+            body = bytes(message.get("body", b""))
+            self._captured_size += len(body)
+            if self._captured_size <= self.server.max_response_size:
+                self._captured_body.append(body)
+            if not message.get("more_body", False):
+                self._captured_complete = True
+
+    def _count_body(self, message: Message) -> None:
+        self._body_size += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            self._body_complete = True
+
+    # --- defer() ------------------------------------------------------------------
+
+    async def defer(self) -> RunningOperation:
+        if self.running is not None:
+            return self.running
+        if self._response_started:
+            msg = "defer() was called after the response started"
+            raise NotDeferrableError(msg)
+        server = self.server
+        limit = server.max_body_size
+        while not self._body_complete:
+            message = await self._receive()
+            if message["type"] != "http.request":
+                msg = "the client disconnected before its request body arrived"
+                raise NotDeferrableError(msg)
+            self._count_body(message)
+            if self._body_size > limit:
+                raise _DeferralAborted(replies.body_too_large(limit))
+            self._replay.append(bytes(message.get("body", b"")))
+        if self._body_size > limit:
+            raise _DeferralAborted(replies.body_too_large(limit))
+
+        now = time.time()
+        op = Operation(
+            id=new_operation_id(),
+            principal=await server._principal_of(self.scope),
+            endpoint=f"{self.scope['method']} {_route_path(self.scope)}",
+            status=OperationStatus.QUEUED,
+            created_at=now,
+            updated_at=now,
+        )
+        await server.store.create(op)
+        running = RunningOperation(server, op, server.operation_url(self.scope, op.id))
+        self.running = running
+        server._running[op.id] = running
+        _current_operation.set(running)
+        self.decided.set_result(running)
+        # From here on the client has (or is about to get) its redirect; the
+        # rest of the endpoint is the operation's work.
+        await self._exit.enter_async_context(server.executor.slot(op.id))
+        if running.cancel_requested:
+            raise asyncio.CancelledError
+        await server._transition(op.id, Event.START)
+        return running
+
+    # --- the child task -------------------------------------------------------------
+
+    async def run_app(self, app: ASGIApp) -> None:
+        _current_request.set(self)
+        try:
+            await app(self.scope, self.receive, self.send)
+        except BaseException as exc:
+            running = self.running
+            if running is None:
+                raise
+            await self._exit.aclose()
+            await self.server._end_interrupted(running, exc)
+            if not isinstance(exc, Exception):
+                self._uncancel()
+            return
+        finally:
+            if self.running is not None:
+                self.server._running.pop(self.running.id, None)
+        running = self.running
+        if running is None:
+            return
+        await self._exit.aclose()
+        await self.server._finish(running, self._captured_response())
+
+    def _uncancel(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+
+    def _captured_response(self) -> StoredResponse:
+        if self._captured_status is None or not self._captured_complete:
+            return replies.stored_problem(
+                500,
+                "The operation failed",
+                "The endpoint ended without a complete response.",
+                kind="operation-failed",
+            )
+        if self._captured_size > self.server.max_response_size:
+            return replies.stored_problem(
+                500,
+                "The operation's response was too large",
+                f"The response was over {self.server.max_response_size} bytes, "
+                "the most this server keeps.",
+                kind="response-too-large",
+            )
+        return StoredResponse(
+            self._captured_status, self._captured_headers, b"".join(self._captured_body)
+        )
+
+
+async def _send_reply(send: Send, reply: replies.Reply, *, head: bool = False) -> None:
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
+    if not any(k == b"content-length" for k, _ in headers):
+        headers.append((b"content-length", str(len(reply.body)).encode()))
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if head else reply.body})
+
+
+class PollingMiddleware:
+    """ASGI middleware that makes endpoints deferrable and serves operation URLs.
+
+    ``PollingMiddleware(app, server=PollingServer(...))``, or pass the
+    :class:`PollingServer` options as keyword arguments.
+    """
+
+    def __init__(self, app: ASGIApp, server: PollingServer | None = None, **options: Any) -> None:
+        if server is not None and options:
+            msg = "pass either server= or PollingServer options, not both"
+            raise TypeError(msg)
+        self.app = app
+        self.server = server or PollingServer(**options)
+        self._prefix = self.server.operations_path + "/"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        server = self.server
+        await server.open()
+        path: str = scope["path"]
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        if path.startswith(self._prefix):
+            await self._operation(scope, send, path[len(self._prefix) :])
+            return
+        await self._request(scope, receive, send)
+
+    async def _operation(self, scope: Scope, send: Send, operation_id: str) -> None:
+        server = self.server
+        method = scope["method"]
+        if method in {"GET", "HEAD"}:
+            reply = await server.status_reply(scope, operation_id)
+        elif method == "DELETE":
+            reply = await server.cancel_reply(scope, operation_id)
+        else:
+            reply = replies.method_not_allowed()
+        await _send_reply(send, reply, head=method == "HEAD")
+        await server._maybe_purge()
+
+    async def _request(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = _DeferrableRequest(self.server, scope, receive, send)
+        child = asyncio.create_task(request.run_app(self.app))
+        try:
+            waiters: list[asyncio.Future[Any]] = [child, request.decided]
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            if not request.decided.done():
+                child.cancel()
+            raise
+        if not request.decided.done():
+            try:
+                child.result()
+            except _DeferralAborted as aborted:
+                await _send_reply(send, aborted.reply)
+            return
+        running = request.decided.result()
+        self.server.executor.track(running.id, child)
+        await self._answer_start(scope, send, running)
+
+    async def _answer_start(self, scope: Scope, send: Send, running: RunningOperation) -> None:
+        server = self.server
+        preferences = parse_prefer(_header_values(scope, b"prefer"))
+        wait = min(preferences.wait or 0.0, server.pacing.max_hold)
+        op = await server._hold(running.id, wait)
+        if op is None:  # pragma: no cover - the record was created a moment ago
+            await _send_reply(send, replies.not_found())
+            return
+        await _send_reply(send, server._answer(scope, op, preferences))
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def receive_hooked() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.server.open()
+            elif message["type"] == "lifespan.shutdown":
+                await self.server.close()
+            return message
+
+        await self.app(scope, receive_hooked, send)
+
+
+async def defer() -> RunningOperation:
+    """Turn the current request into an operation; the rest of the endpoint is its work.
+
+    Call it after validating the input, so that bad requests still get their
+    immediate 4xx. The client is answered ``303 See Other`` (or ``202``) at
+    once; when the endpoint returns, its response becomes the operation's
+    outcome. Calling it again returns the same operation.
+    """
+    request = _current_request.get()
+    if request is None:
+        msg = (
+            "defer() needs the request to pass through repoll's PollingMiddleware: "
+            "call repoll.install(app) or wrap the app in repoll.PollingMiddleware"
+        )
+        raise NotDeferrableError(msg)
+    return await request.defer()
+
+
+def current_operation() -> RunningOperation | None:
+    """The operation the running work belongs to, or None outside deferred work."""
+    return _current_operation.get()
+
+
+def report_progress(progress: float | None = None, message: str | None = None) -> None:
+    """Report the current operation's progress (0..1) and a message; no-op outside one."""
+    running = _current_operation.get()
+    if running is not None:
+        running.report_progress(progress, message)
+
+
+@overload
+def deferred(endpoint: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]: ...
+@overload
+def deferred(endpoint: Callable[P, R]) -> Callable[P, Awaitable[R]]: ...
+def deferred(endpoint: Callable[P, Any]) -> Callable[P, Awaitable[Any]]:
+    """Make an endpoint deferred: it is validated as usual, then runs as an operation.
+
+    Works for async and sync endpoints of Starlette and FastAPI; sync ones
+    run on the executor's threads. Put it below the route decorator::
+
+        @app.post("/reports")
+        @repoll.deferred
+        async def make_report(spec: ReportSpec) -> Report: ...
+    """
+    if inspect.iscoroutinefunction(endpoint):
+
+        @functools.wraps(endpoint)
+        async def run_async(*args: P.args, **kwargs: P.kwargs) -> Any:
+            await defer()
+            return await endpoint(*args, **kwargs)
+
+        wrapper = run_async
+    else:
+
+        @functools.wraps(endpoint)
+        async def run_sync(*args: P.args, **kwargs: P.kwargs) -> Any:
+            running = await defer()
+            return await running.run_sync(functools.partial(endpoint, *args, **kwargs))
+
+        wrapper = run_sync
+    cast(Any, wrapper).__repoll_deferred__ = True
+    return wrapper
+
+
+def is_deferred(endpoint: object) -> bool:
+    return bool(getattr(endpoint, "__repoll_deferred__", False))

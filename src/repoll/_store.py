@@ -1,0 +1,142 @@
+"""Where operations live: the store interface, the in-memory store, and store URLs.
+
+A store needs only a few primitives; everything else (state transitions,
+progress, cancellation flags) is a read-modify-write loop on top of
+:meth:`Store.compare_and_set`, written once in :func:`update_operation`.
+That keeps every backend small and makes the races the same everywhere: a
+writer whose version is stale loses and retries from a fresh read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+from ._model import Operation
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Persistence of operation records. Every backend passes tests/test_store_contract.py."""
+
+    async def open(self) -> None:
+        """Prepare the backend (create tables, connect). Called once before use."""
+
+    async def close(self) -> None:
+        """Release connections. The store may be opened again."""
+
+    async def create(self, operation: Operation) -> None:
+        """Insert a new record (its id is fresh; version 0)."""
+
+    async def get(self, operation_id: str) -> Operation | None:
+        """The record, or None if unknown (or purged)."""
+
+    async def compare_and_set(self, operation: Operation, *, expected_version: int) -> bool:
+        """Replace the record if its stored version is ``expected_version``.
+
+        ``operation.version`` must be ``expected_version + 1``. Returns False
+        (and changes nothing) when another writer got there first.
+        """
+
+    async def unfinished(self) -> list[Operation]:
+        """Every record whose status is not terminal."""
+
+    async def purge(self, *, now: float, tombstone: float) -> int:
+        """Drop responses of expired records, and records expired over ``tombstone`` ago.
+
+        Returns how many records were deleted.
+        """
+
+
+# A store reports conflicts by returning False; a writer retries this often
+# before giving up. Conflicts need a concurrent writer on the same record, so
+# more than a handful in a row means something is wrong.
+_MAX_CAS_ATTEMPTS = 64
+
+
+async def update_operation(
+    store: Store, operation_id: str, change: Callable[[Operation], Operation | None]
+) -> Operation | None:
+    """Apply ``change`` atomically; returns the stored result.
+
+    ``change`` gets the current record and returns the new one, or None to
+    leave it alone (in which case the current record is returned). Returns
+    None if the operation does not exist.
+    """
+    for _ in range(_MAX_CAS_ATTEMPTS):
+        current = await store.get(operation_id)
+        if current is None:
+            return None
+        updated = change(current)
+        if updated is None:
+            return current
+        updated = dataclasses.replace(updated, version=current.version + 1)
+        if await store.compare_and_set(updated, expected_version=current.version):
+            return updated
+    msg = f"operation {operation_id}: too many concurrent updates"
+    raise RuntimeError(msg)
+
+
+class MemoryStore:
+    """Keeps operations in this process's memory: fast, and gone on restart."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, Operation] = {}
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def create(self, operation: Operation) -> None:
+        if operation.id in self._records:
+            msg = f"duplicate operation id {operation.id}"
+            raise ValueError(msg)
+        self._records[operation.id] = operation
+
+    async def get(self, operation_id: str) -> Operation | None:
+        return self._records.get(operation_id)
+
+    async def compare_and_set(self, operation: Operation, *, expected_version: int) -> bool:
+        current = self._records.get(operation.id)
+        if current is None or current.version != expected_version:
+            return False
+        self._records[operation.id] = operation
+        return True
+
+    async def unfinished(self) -> list[Operation]:
+        return [op for op in self._records.values() if not op.status.is_terminal]
+
+    async def purge(self, *, now: float, tombstone: float) -> int:
+        deleted = 0
+        for op_id, op in list(self._records.items()):
+            if op.expires_at is None or op.expires_at > now:
+                continue
+            if op.expires_at + tombstone <= now:
+                del self._records[op_id]
+                deleted += 1
+            elif op.response is not None:
+                self._records[op_id] = dataclasses.replace(op, response=None)
+        return deleted
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+
+def store_from_url(url: str) -> Store:
+    """A store for ``memory://`` or ``sqlite:///path`` (``sqlite://`` alone: in memory)."""
+    if url in {"memory", "memory://"}:
+        return MemoryStore()
+    if url.startswith("sqlite://"):
+        from ._sqlite_store import SQLiteStore  # noqa: PLC0415 - loaded only when chosen
+
+        path = url.removeprefix("sqlite://").removeprefix("/") or ":memory:"
+        return SQLiteStore(path)
+    scheme = url.split(":", 1)[0]
+    msg = (
+        f"unsupported store URL scheme {scheme!r}: use memory:// or sqlite:///PATH "
+        "(redis:// and postgresql:// come with later releases)"
+    )
+    raise ValueError(msg)
