@@ -1,0 +1,339 @@
+"""The I/O-free core: headers, states, pacing, replies. No server, no clock, no sleeps."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from repoll import _headers as h
+from repoll import _replies as replies
+from repoll._errors import InvalidTransition
+from repoll._headers import Preferences, parse_prefer
+from repoll._model import Operation, StoredResponse, clamp_progress
+from repoll._pacing import (
+    DurationHistory,
+    PacingPolicy,
+    WorkSnapshot,
+    estimate_interval,
+    hold_seconds,
+)
+from repoll._status import TRANSITIONS, Event, OperationStatus, finish_event, transition
+
+NOW = 1_800_000_000.0
+
+
+# --- Retry-After --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("0", 0.0), ("3", 3.0), (" 12 ", 12.0), ("-1", None), ("1.5", None), ("", None), (None, None)],
+)
+def test_retry_after_delay_seconds(value, expected):
+    assert h.parse_retry_after(value, now=NOW) == expected
+
+
+def test_retry_after_http_date_is_relative_to_now():
+    date = email.utils.formatdate(NOW + 7, usegmt=True)
+    assert h.parse_retry_after(date, now=NOW) == pytest.approx(7.0)
+
+
+def test_retry_after_date_in_the_past_means_now():
+    date = email.utils.formatdate(NOW - 100, usegmt=True)
+    assert h.parse_retry_after(date, now=NOW) == 0.0
+
+
+def test_retry_after_absurd_values_are_rejected():
+    assert h.parse_retry_after("99999999999", now=NOW) is None
+    assert h.parse_retry_after_ms("99999999999999") is None
+
+
+def test_retry_after_ms():
+    assert h.parse_retry_after_ms("250") == 0.25
+    assert h.parse_retry_after_ms("x") is None
+    assert h.parse_retry_after_ms(None) is None
+
+
+@pytest.mark.parametrize(
+    ("delay", "seconds", "millis"), [(0.0, "0", "0"), (0.25, "1", "250"), (2.0, "2", "2000")]
+)
+def test_retry_after_headers_round_seconds_up(delay, seconds, millis):
+    assert h.retry_after_headers(delay) == {"retry-after": seconds, "retry-after-ms": millis}
+
+
+@given(st.text(max_size=80))
+def test_retry_after_parsers_never_raise(value):
+    result = h.parse_retry_after(value, now=NOW)
+    assert result is None or result >= 0
+    result_ms = h.parse_retry_after_ms(value)
+    assert result_ms is None or result_ms >= 0
+
+
+@given(st.floats(min_value=0, max_value=86400))
+def test_retry_after_round_trip(delay):
+    headers = h.retry_after_headers(delay)
+    assert h.parse_retry_after(headers["retry-after"], now=NOW) >= delay
+    assert h.parse_retry_after_ms(headers["retry-after-ms"]) == pytest.approx(delay, abs=0.001)
+
+
+# --- Prefer ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ([], Preferences()),
+        (["respond-async"], Preferences(respond_async=True)),
+        (["respond-async, wait=10"], Preferences(respond_async=True, wait=10.0)),
+        (["RESPOND-ASYNC", "Wait=5"], Preferences(respond_async=True, wait=5.0)),
+        (['wait="7"'], Preferences(wait=7.0)),
+        (["wait=5; foo=bar, respond-async"], Preferences(respond_async=True, wait=5.0)),
+        (["wait=abc"], Preferences()),
+        (["wait=-3"], Preferences()),
+        (["wait=2, wait=9"], Preferences(wait=2.0)),  # RFC 7240: the first one wins
+        (["handling=lenient"], Preferences()),
+        (["=,;;;"], Preferences()),
+    ],
+)
+def test_parse_prefer(fields, expected):
+    assert parse_prefer(fields) == expected
+
+
+@given(st.lists(st.text(max_size=60), max_size=3))
+def test_parse_prefer_never_raises(fields):
+    prefs = parse_prefer(fields)
+    assert prefs.wait is None or prefs.wait >= 0
+
+
+def test_format_prefer():
+    assert h.format_prefer() is None
+    assert h.format_prefer(respond_async=True, wait=2.9) == "respond-async, wait=2"
+    assert parse_prefer([h.format_prefer(respond_async=True, wait=4)]) == Preferences(True, 4.0)
+
+
+# --- ids -------------------------------------------------------------------------
+
+
+def test_operation_ids_are_long_random_and_valid():
+    ids = {h.new_operation_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(len(i) == 22 and h.is_valid_operation_id(i) for i in ids)
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "abc", "../../etc/passwd", "a" * 23, "a" * 21 + "!", "a" * 22 + "\n"]
+)
+def test_malformed_ids_are_rejected(bad):
+    assert not h.is_valid_operation_id(bad)
+
+
+# --- states ---------------------------------------------------------------------
+
+
+def test_terminal_states_accept_no_event():
+    for status in OperationStatus:
+        for event in Event:
+            if status.is_terminal:
+                with pytest.raises(InvalidTransition):
+                    transition(status, event)
+
+
+def test_table_matches_the_documented_life_cycle():
+    q, r = OperationStatus.QUEUED, OperationStatus.RUNNING
+    assert transition(q, Event.START) is r
+    assert transition(r, Event.FINISH_OK) is OperationStatus.SUCCEEDED
+    assert transition(r, Event.FINISH_ERROR) is OperationStatus.FAILED
+    assert transition(r, Event.CANCEL) is OperationStatus.CANCELED
+    assert transition(r, Event.LOSE) is OperationStatus.FAILED
+    with pytest.raises(InvalidTransition):
+        transition(r, Event.START)
+    assert all(not current.is_terminal for current, _ in TRANSITIONS)
+
+
+@pytest.mark.parametrize(
+    ("code", "event"),
+    [
+        (200, Event.FINISH_OK),
+        (303, Event.FINISH_OK),
+        (404, Event.FINISH_ERROR),
+        (500, Event.FINISH_ERROR),
+    ],
+)
+def test_finish_event(code, event):
+    assert finish_event(code) is event
+
+
+def make_operation(**changes) -> Operation:
+    base = {
+        "id": "A" * 22,
+        "principal": "",
+        "endpoint": "POST /x",
+        "status": OperationStatus.QUEUED,
+        "created_at": NOW,
+        "updated_at": NOW,
+    }
+    return Operation(**{**base, **changes})
+
+
+def test_apply_sets_timestamps_and_retention():
+    op = make_operation().apply(Event.START, now=NOW + 1, retention=60)
+    assert op.status is OperationStatus.RUNNING
+    assert op.started_at == NOW + 1
+    done = op.apply(
+        Event.FINISH_OK, now=NOW + 5, retention=60, response=StoredResponse(200, (), b"ok")
+    )
+    assert done.status is OperationStatus.SUCCEEDED
+    assert done.finished_at == NOW + 5
+    assert done.expires_at == NOW + 65
+    assert done.progress == 1.0
+    assert done.response.body == b"ok"
+
+
+def test_status_document():
+    doc = json.loads(make_operation(progress=0.5, message="half").status_json())
+    assert doc["id"] == "A" * 22
+    assert doc["status"] == "queued"
+    assert doc["progress"] == 0.5
+    assert doc["message"] == "half"
+    assert doc["created_at"].endswith("+00:00")
+    assert doc["finished_at"] is None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(None, None), (float("nan"), None), (-1, 0.0), (0.3, 0.3), (7, 1.0)]
+)
+def test_clamp_progress(value, expected):
+    assert clamp_progress(value) == expected
+
+
+# --- pacing ---------------------------------------------------------------------
+
+POLICY = PacingPolicy(
+    min_interval=0.5, max_interval=60, default_interval=1, min_hold=1, max_hold=30
+)
+
+
+def snapshot(**changes) -> WorkSnapshot:
+    base = {"age": 0.0, "running_for": 0.0, "progress": None, "typical_duration": None}
+    return WorkSnapshot(**{**base, **changes})
+
+
+def test_interval_from_progress_rate():
+    # 2 s for the first 20 %: 8 s to go at the same rate.
+    assert estimate_interval(snapshot(age=2, running_for=2, progress=0.2), POLICY) == pytest.approx(
+        8
+    )
+
+
+def test_interval_from_history():
+    assert estimate_interval(snapshot(running_for=1, typical_duration=5), POLICY) == pytest.approx(
+        4
+    )
+
+
+def test_interval_without_information_grows_with_age():
+    young = estimate_interval(snapshot(age=1, running_for=1), POLICY)
+    old = estimate_interval(snapshot(age=100, running_for=100), POLICY)
+    assert young == 1.0
+    assert old == 25.0
+
+
+def test_interval_while_queued_counts_the_queue():
+    alone = estimate_interval(snapshot(running_for=None, typical_duration=2), POLICY)
+    behind = estimate_interval(
+        snapshot(running_for=None, typical_duration=2, queued_ahead=8, concurrency=4), POLICY
+    )
+    assert alone == 2.0
+    assert behind == 6.0
+
+
+def test_interval_grows_with_load_and_is_clamped():
+    idle = estimate_interval(snapshot(running_for=1, typical_duration=5), POLICY)
+    busy = estimate_interval(snapshot(running_for=1, typical_duration=5, load=1.0), POLICY)
+    assert busy == pytest.approx(2 * idle)
+    assert estimate_interval(snapshot(running_for=1000, progress=0.001), POLICY) == 60
+    assert estimate_interval(snapshot(running_for=1, progress=0.9999), POLICY) == 0.5
+
+
+def test_hold():
+    assert hold_seconds(Preferences(wait=0), 5, POLICY) == 0
+    assert hold_seconds(Preferences(wait=10), 5, POLICY) == 10
+    assert hold_seconds(Preferences(wait=999), 5, POLICY) == 30
+    assert hold_seconds(Preferences(), 0.2, POLICY) == 1  # at least min_hold
+    assert hold_seconds(Preferences(), 5, POLICY) == 5
+    assert hold_seconds(Preferences(), 500, POLICY) == 30
+
+
+def test_policy_validates():
+    with pytest.raises(ValueError, match="min_interval"):
+        PacingPolicy(min_interval=5, max_interval=1)
+
+
+def test_duration_history_is_a_weighted_mean():
+    history = DurationHistory()
+    history.add(10)
+    assert history.mean == 10
+    history.add(20)
+    assert history.mean == pytest.approx(12)
+    assert history.count == 2
+
+
+# --- replies --------------------------------------------------------------------
+
+
+def test_pending_reply_is_a_303_to_the_operation():
+    reply = replies.pending(
+        make_operation(), operation_url="/operations/x", preferences=Preferences(), interval=0.75
+    )
+    assert reply.status == 303
+    assert reply.header("location") == "/operations/x"
+    assert reply.header("retry-after") == "1"
+    assert reply.header("retry-after-ms") == "750"
+    assert reply.header("operation-status") == "queued"
+    assert reply.header("cache-control") == "no-store"
+    assert reply.header("preference-applied") is None
+    assert json.loads(reply.body)["status"] == "queued"
+
+
+def test_pending_reply_with_respond_async_is_a_202():
+    reply = replies.pending(
+        make_operation(),
+        operation_url="/operations/x",
+        preferences=Preferences(respond_async=True),
+        interval=2,
+    )
+    assert reply.status == 202
+    assert reply.header("preference-applied") == "respond-async"
+    assert reply.header("location") == "/operations/x"
+
+
+def test_final_reply_replays_and_marks():
+    stored = StoredResponse(
+        201, (("content-type", "text/plain"), ("cache-control", "max-age=60"), ("x-a", "1")), b"hi"
+    )
+    op = make_operation(status=OperationStatus.SUCCEEDED, response=stored)
+    reply = replies.final(op, operation_url="/operations/x")
+    assert reply.status == 201
+    assert reply.body == b"hi"
+    assert reply.header("x-a") == "1"
+    assert reply.header("content-location") == "/operations/x"
+    assert reply.header("operation-status") == "succeeded"
+    assert reply.header("cache-control") == "no-store"
+    assert [k for k, _ in reply.headers].count("cache-control") == 1
+
+
+def test_problem_replies_are_problem_json():
+    for reply in (
+        replies.not_found(),
+        replies.expired(make_operation()),
+        replies.body_too_large(10),
+    ):
+        assert reply.header("content-type") == "application/problem+json"
+        assert reply.header("operation-status") is None
+        doc = json.loads(reply.body)
+        assert doc["status"] == reply.status
+        assert doc["type"].startswith("urn:repoll:problem:")

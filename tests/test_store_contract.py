@@ -1,0 +1,173 @@
+"""The contract every store passes. Later backends join the ``store`` fixture's params."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+
+from repoll import MemoryStore, OperationStatus, SQLiteStore, Store, StoredResponse
+from repoll._headers import new_operation_id
+from repoll._model import Operation
+from repoll._status import Event
+from repoll._store import store_from_url, update_operation
+
+pytestmark = pytest.mark.anyio
+NOW = 1_800_000_000.0
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def store(request, tmp_path):
+    backend: Store = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "s.db")
+    await backend.open()
+    yield backend
+    await backend.close()
+
+
+def new_operation(**changes) -> Operation:
+    base = {
+        "id": new_operation_id(),
+        "principal": "p",
+        "endpoint": "POST /x",
+        "status": OperationStatus.QUEUED,
+        "created_at": NOW,
+        "updated_at": NOW,
+    }
+    return Operation(**{**base, **changes})
+
+
+async def test_implements_the_protocol(store):
+    assert isinstance(store, Store)
+
+
+async def test_create_then_get_round_trips(store):
+    op = new_operation(progress=0.25, message="quarter", cancel_requested=True)
+    await store.create(op)
+    assert await store.get(op.id) == op
+    assert await store.get(new_operation_id()) is None
+
+
+async def test_create_rejects_a_duplicate_id(store):
+    op = new_operation()
+    await store.create(op)
+    with pytest.raises(ValueError, match="duplicate"):
+        await store.create(op)
+
+
+async def test_response_bytes_survive_exactly(store):
+    body = bytes(range(256)) * 10
+    headers = (("content-type", "application/octet-stream"), ("x-ümlaut", "é"))
+    op = new_operation()
+    await store.create(op)
+    done = dataclasses.replace(
+        op.apply(
+            Event.FINISH_OK, now=NOW, retention=60, response=StoredResponse(200, headers, body)
+        ),
+        version=1,
+    )
+    assert await store.compare_and_set(done, expected_version=0)
+    assert (await store.get(op.id)).response == StoredResponse(200, headers, body)
+
+
+async def test_compare_and_set_rejects_a_stale_version(store):
+    op = new_operation()
+    await store.create(op)
+    first = dataclasses.replace(op, message="first", version=1)
+    assert await store.compare_and_set(first, expected_version=0)
+    stale = dataclasses.replace(op, message="stale", version=1)
+    assert not await store.compare_and_set(stale, expected_version=0)
+    assert (await store.get(op.id)).message == "first"
+
+
+async def test_compare_and_set_on_unknown_id_fails(store):
+    assert not await store.compare_and_set(new_operation(version=1), expected_version=0)
+
+
+async def test_concurrent_updates_lose_nothing(store):
+    op = new_operation(progress=0.0)
+    await store.create(op)
+
+    def bump(current: Operation) -> Operation:
+        return dataclasses.replace(current, progress=(current.progress or 0) + 0.01)
+
+    await asyncio.gather(*(update_operation(store, op.id, bump) for _ in range(50)))
+    final = await store.get(op.id)
+    assert final.progress == pytest.approx(0.5)
+    assert final.version == 50
+
+
+async def test_exactly_one_terminal_transition_wins(store):
+    op = new_operation(status=OperationStatus.RUNNING)
+    await store.create(op)
+    outcomes = []
+
+    def finisher(event: Event):
+        def change(current: Operation) -> Operation | None:
+            if current.status.is_terminal:
+                return None
+            outcomes.append(event)
+            return current.apply(
+                event, now=NOW, retention=60, response=StoredResponse(200, (), b"")
+            )
+
+        return change
+
+    results = await asyncio.gather(
+        update_operation(store, op.id, finisher(Event.FINISH_OK)),
+        update_operation(store, op.id, finisher(Event.CANCEL)),
+    )
+    final = await store.get(op.id)
+    assert final.status in {OperationStatus.SUCCEEDED, OperationStatus.CANCELED}
+    assert all(r.status == final.status for r in results)
+
+
+async def test_unfinished_lists_only_queued_and_running(store):
+    queued = new_operation()
+    running = new_operation(status=OperationStatus.RUNNING)
+    done = new_operation(status=OperationStatus.SUCCEEDED, expires_at=NOW + 60)
+    for op in (queued, running, done):
+        await store.create(op)
+    assert {op.id for op in await store.unfinished()} == {queued.id, running.id}
+
+
+async def test_purge_drops_responses_then_records(store):
+    response = StoredResponse(200, (), b"result")
+    fresh = new_operation(status=OperationStatus.SUCCEEDED, expires_at=NOW + 10, response=response)
+    expired = new_operation(
+        status=OperationStatus.SUCCEEDED, expires_at=NOW - 10, response=response
+    )
+    gone = new_operation(status=OperationStatus.SUCCEEDED, expires_at=NOW - 1000, response=response)
+    running = new_operation(status=OperationStatus.RUNNING)
+    for op in (fresh, expired, gone, running):
+        await store.create(op)
+    assert await store.purge(now=NOW, tombstone=100) == 1
+    assert (await store.get(fresh.id)).response == response
+    tombstone = await store.get(expired.id)
+    assert tombstone is not None
+    assert tombstone.response is None
+    assert await store.get(gone.id) is None
+    assert await store.get(running.id) is not None
+
+
+async def test_sqlite_is_durable_across_reopen(tmp_path):
+    path = tmp_path / "durable.db"
+    first = SQLiteStore(path)
+    await first.open()
+    op = new_operation(message="kept")
+    await first.create(op)
+    await first.close()
+    second = SQLiteStore(path)
+    await second.open()
+    assert await second.get(op.id) == op
+    await second.close()
+
+
+def test_store_urls(tmp_path):
+    assert isinstance(store_from_url("memory://"), MemoryStore)
+    sqlite = store_from_url(f"sqlite:///{tmp_path}/x.db")
+    assert isinstance(sqlite, SQLiteStore)
+    assert sqlite.path == f"{tmp_path}/x.db"
+    assert store_from_url("sqlite:///rel.db").path == "rel.db"
+    with pytest.raises(ValueError, match="unsupported store URL"):
+        store_from_url("mongodb://x")
