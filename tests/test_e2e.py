@@ -88,6 +88,8 @@ def test_failing_job_is_a_500_problem_over_the_network(live):
 def test_invalid_body_is_an_immediate_422(live):
     response = requests.post(f"{live.url}/start_work", json={"seconds": "soon"}, timeout=10)
     assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["errors"][0]["loc"] == ["body", "seconds"]
     assert not response.history
     assert job_requests(live) == [("POST", "/start_work")]
 

@@ -14,9 +14,13 @@ from ._errors import require
 
 require("fastapi", "cli")
 
-from fastapi import FastAPI  # noqa: E402 - after the extra check, for its clear message
+from fastapi import FastAPI, Request  # noqa: E402 - after the extra check, for its clear message
+from fastapi.encoders import jsonable_encoder  # noqa: E402
+from fastapi.exceptions import RequestValidationError  # noqa: E402
+from fastapi.responses import JSONResponse  # noqa: E402
 from pydantic import BaseModel, Field  # noqa: E402
 
+from ._headers import PROBLEM_JSON  # noqa: E402
 from ._install import install  # noqa: E402
 from ._server import PollingServer, deferred, report_progress  # noqa: E402
 
@@ -48,6 +52,18 @@ def create_app(store: Any = None, **options: Any) -> FastAPI:
         app, store=store or os.environ.get("REPOLL_STORE") or None, **options
     )
     app.state.repoll = server
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # The demo answers bad input with RFC 9457 problem details, like repoll itself.
+        problem = {
+            "type": "urn:repoll:problem:invalid-request",
+            "title": "Invalid request",
+            "status": 422,
+            "detail": "The request body does not match the endpoint's schema.",
+            "errors": jsonable_encoder(exc.errors()),
+        }
+        return JSONResponse(problem, status_code=422, media_type=PROBLEM_JSON)
 
     @app.post("/start_work", response_model=WorkResult)
     @deferred

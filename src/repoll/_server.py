@@ -397,6 +397,7 @@ class RunningOperation:
         self._loop_thread = threading.get_ident()
         self._cancel = threading.Event()
         self._in_thread = False
+        self.work_done = False
         self._task = asyncio.current_task()
         self._pending: tuple[float | None, str | None] | None = None
         self._flushing = False
@@ -438,8 +439,9 @@ class RunningOperation:
     def request_cancel(self) -> None:
         self._cancel.set()
         # Async work is cancelled at its next await; sync work in a thread
-        # cannot be interrupted and must check ``cancel_requested``.
-        if not self._in_thread and self._task is not None:
+        # cannot be interrupted and must check ``cancel_requested``. Work that
+        # has already ended is left to record its own outcome.
+        if not self._in_thread and not self.work_done and self._task is not None:
             self._task.cancel()
 
     async def run_sync(self, fn: Callable[[], R]) -> R:
@@ -577,30 +579,36 @@ class _DeferrableRequest:
 
     async def run_app(self, app: ASGIApp) -> None:
         _current_request.set(self)
+        interrupted: BaseException | None = None
         try:
             await app(self.scope, self.receive, self.send)
         except BaseException as exc:
-            running = self.running
-            if running is None:
+            if self.running is None:
                 raise
-            await self._exit.aclose()
-            await self.server._end_interrupted(running, exc)
-            if not isinstance(exc, Exception):
-                self._uncancel()
-            return
-        finally:
-            if self.running is not None:
-                self.server._running.pop(self.running.id, None)
+            interrupted = exc
         running = self.running
         if running is None:
             return
-        await self._exit.aclose()
-        await self.server._finish(running, self._captured_response())
+        running.work_done = True
+        # Recording the outcome must not be cut short by a late cancellation
+        # (a DELETE or a shutdown racing the end of the work), or the
+        # operation would stay "running" for ever.
+        await asyncio.shield(self._settle(running, interrupted))
+        if isinstance(interrupted, asyncio.CancelledError):
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
 
-    def _uncancel(self) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            task.uncancel()
+    async def _settle(self, running: RunningOperation, interrupted: BaseException | None) -> None:
+        server = self.server
+        try:
+            await self._exit.aclose()  # frees the executor slot
+            if interrupted is None:
+                await server._finish(running, self._captured_response())
+            else:
+                await server._end_interrupted(running, interrupted)
+        finally:
+            server._running.pop(running.id, None)
 
     def _captured_response(self) -> StoredResponse:
         if self._captured_status is None or not self._captured_complete:
