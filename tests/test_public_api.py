@@ -11,6 +11,8 @@ import repoll
 from repoll._errors import MissingExtraError, require
 
 PUBLIC = {
+    "AsyncOperationHandle", "OperationHandle", "PollingAdapter", "CrossOriginError",
+    "is_testing", "set_testing", "testing",
     "AsyncPollingTransport",
     "Executor",
     "Hop",

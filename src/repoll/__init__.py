@@ -12,6 +12,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ._errors import (
+    CrossOriginError,
     InvalidTransition,
     MissingExtraError,
     NotDeferrableError,
@@ -31,10 +32,13 @@ from ._pacing import PacingPolicy
 from ._poll import Hop, PollOptions
 from ._status import OperationStatus
 from ._store import MemoryStore, Store
+from ._testing import is_testing, set_testing, testing
 
 if TYPE_CHECKING:
+    from ._handle import AsyncOperationHandle, OperationHandle
     from ._httpx import AsyncPollingTransport, PollingTransport
     from ._install import install
+    from ._requests import PollingAdapter
     from ._server import (
         PollingMiddleware,
         PollingServer,
@@ -49,7 +53,9 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncOperationHandle",
     "AsyncPollingTransport",
+    "CrossOriginError",
     "Executor",
     "Hop",
     "InProcessExecutor",
@@ -62,10 +68,12 @@ __all__ = [
     "OperationError",
     "OperationExpired",
     "OperationFailed",
+    "OperationHandle",
     "OperationNotFound",
     "OperationStatus",
     "PacingPolicy",
     "PollOptions",
+    "PollingAdapter",
     "PollingMiddleware",
     "PollingServer",
     "PollingTimeout",
@@ -81,14 +89,20 @@ __all__ = [
     "defer",
     "deferred",
     "install",
+    "is_testing",
     "parse_prefer",
     "parse_retry_after",
     "parse_retry_after_ms",
     "report_progress",
+    "set_testing",
+    "testing",
 ]
 
 # Names whose modules import optional dependencies: loaded on first use.
 _LAZY: dict[str, str] = {
+    "AsyncOperationHandle": "._handle",
+    "OperationHandle": "._handle",
+    "PollingAdapter": "._requests",
     "AsyncPollingTransport": "._httpx",
     "PollingTransport": "._httpx",
     "install": "._install",

@@ -1,4 +1,4 @@
-"""The ``repoll`` command: ``demo`` and ``serve``."""
+"""The ``repoll`` command: ``demo``, ``serve``, ``request`` and ``wait``."""
 
 from __future__ import annotations
 
@@ -82,10 +82,13 @@ def demo(seconds: float, *, fail: bool, long_poll: float | None, out: TextIO = s
             body = {"seconds": seconds, "fail": fail}
             print(f"POST /start_work {json.dumps(body)}  (a {seconds:g} s job)\n", file=out)
             started = time.monotonic()
-            options = PollOptions(respond_async=False, long_poll=long_poll, deadline=seconds + 60)
-            transport = PollingTransport(
-                options=options, on_hop=lambda hop: _describe_hop(hop, out, started)
+            options = PollOptions(
+                respond_async=False,
+                long_poll=long_poll,
+                deadline=seconds + 60,
+                on_progress=lambda hop: _describe_hop(hop, out, started),
             )
+            transport = PollingTransport(options=options)
             with httpx.Client(transport=transport, base_url=base_url, timeout=120) as client:
                 response = client.post("/start_work", json=body)
             hops = response.extensions.get("repoll.hops", [])
@@ -109,6 +112,135 @@ def serve(target: str | None, host: str, port: int, store: str | None) -> int:
     app = target or DEMO_APP
     uvicorn.run(app, host=host, port=port, factory=target is None)
     return 0
+
+
+EXIT_OK, EXIT_HTTP_ERROR, EXIT_USAGE, EXIT_FAILURE, EXIT_TIMEOUT = 0, 1, 2, 3, 4
+
+
+class ProgressBar:
+    """One line on a terminal: status, a bar, the server's message, the next poll."""
+
+    WIDTH = 24
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._started = time.monotonic()
+        self._drawn = False
+
+    def update(self, hop: Any) -> None:
+        progress = hop.progress
+        filled = round((progress or 0.0) * self.WIDTH)
+        bar = "#" * filled + "-" * (self.WIDTH - filled)
+        percent = f"{progress:4.0%}" if progress is not None else "  ? "
+        status = hop.operation_status or str(hop.status)
+        parts = [f"[{bar}] {percent}", f"{status:<9}", f"{time.monotonic() - self._started:5.1f}s"]
+        if hop.next_poll_in is not None:
+            parts.append(f"next poll in {hop.next_poll_in:.1f}s")
+        if hop.message:
+            parts.append(hop.message[:40])
+        self._stream.write("\r\x1b[2K" + "  ".join(parts))
+        self._stream.flush()
+        self._drawn = True
+
+    def close(self) -> None:
+        if self._drawn:
+            self._stream.write("\n")
+            self._stream.flush()
+
+
+def _headers_from(values: Sequence[str]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for value in values:
+        name, sep, content = value.partition(":")
+        if not sep or not name.strip():
+            msg = f"bad header {value!r}: use 'Name: value'"
+            raise ValueError(msg)
+        headers[name.strip()] = content.strip()
+    return headers
+
+
+def _body_from(data: str | None, json_text: str | None, headers: dict[str, str]) -> bytes | None:
+    if json_text is not None:
+        try:
+            json.loads(json_text)
+        except ValueError as exc:
+            msg = f"--json is not valid JSON: {exc}"
+            raise ValueError(msg) from exc
+        headers.setdefault("Content-Type", "application/json")
+        return json_text.encode()
+    if data is None:
+        return None
+    if data.startswith("@"):
+        return Path(data[1:]).read_bytes()
+    headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
+    return data.encode()
+
+
+def _print_final(response: Any, *, include_headers: bool, out: TextIO) -> int:
+    if include_headers:
+        print(f"HTTP/1.1 {response.status_code} {response.reason_phrase}", file=out)
+        for name, value in response.headers.items():
+            print(f"{name}: {value}", file=out)
+        print(file=out)
+    out.write(response.text)
+    if response.text and not response.text.endswith("\n"):
+        out.write("\n")
+    out.flush()
+    return EXIT_OK if response.status_code < 400 else EXIT_HTTP_ERROR
+
+
+def request_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    """``repoll request`` and ``repoll wait``: one call, the final answer on stdout."""
+    require("httpx", "client")
+    import httpx  # noqa: PLC0415
+
+    from ._errors import OperationError, PollingTimeout, ProtocolError  # noqa: PLC0415
+    from ._handle import OperationHandle  # noqa: PLC0415
+    from ._poll import PollOptions  # noqa: PLC0415
+
+    try:
+        headers = _headers_from(args.header)
+        body = None
+        if args.command == "request":
+            body = _body_from(args.data, args.json, headers)
+    except (ValueError, OSError) as exc:
+        print(f"repoll: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    show_progress = sys.stderr.isatty() and not args.quiet
+    bar = ProgressBar(sys.stderr) if show_progress else None
+    options = PollOptions(
+        # On a terminal, short holds keep the progress bar moving.
+        long_poll=2.0 if bar else 30.0,
+        on_progress=bar.update if bar else None,
+    )
+    timeout = httpx.Timeout(30.0, read=max(60.0, (args.timeout or 0) + 35.0))
+    try:
+        with httpx.Client(headers=headers, timeout=timeout) as client:
+            if args.command == "request":
+                method = args.method or ("POST" if body is not None else "GET")
+                handle = OperationHandle.start(
+                    client, method, args.url, content=body, options=options
+                )
+                if args.no_wait and not handle.done:
+                    print(handle.url, file=out)
+                    return EXIT_OK
+            else:
+                handle = OperationHandle.resume(client, args.url, options=options)
+            response = handle.wait(timeout=args.timeout)
+    except PollingTimeout as exc:
+        if bar:
+            bar.close()
+        print(f"repoll: {exc}", file=sys.stderr)
+        print(f"repoll: resume with: repoll wait {exc.operation_url}", file=sys.stderr)
+        return EXIT_TIMEOUT
+    except (httpx.HTTPError, OperationError, ProtocolError) as exc:
+        if bar:
+            bar.close()
+        print(f"repoll: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if bar:
+        bar.close()
+    return _print_final(response, include_headers=args.include, out=out)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -138,6 +270,36 @@ def _parser() -> argparse.ArgumentParser:
         help="store URL for the demo app: sqlite:///PATH (default sqlite:///repoll.sqlite3) "
         "or memory://; also exported as REPOLL_STORE",
     )
+    for name, help_text in (
+        ("request", "send a request; follow its operation to the final answer"),
+        ("wait", "wait on an operation URL (from request --no-wait) and print its answer"),
+    ):
+        cmd = commands.add_parser(name, help=help_text)
+        cmd.add_argument("url", help="the URL" if name == "request" else "the operation URL")
+        if name == "request":
+            cmd.add_argument(
+                "-X", "--request", dest="method", help="method (default GET, or POST with a body)"
+            )
+            body = cmd.add_mutually_exclusive_group()
+            body.add_argument("-d", "--data", help="request body (@FILE reads a file)")
+            body.add_argument("--json", help="JSON request body (sets Content-Type)")
+            cmd.add_argument(
+                "--no-wait",
+                action="store_true",
+                help="print the operation URL and exit instead of waiting",
+            )
+        cmd.add_argument(
+            "-H",
+            "--header",
+            action="append",
+            default=[],
+            help="extra header 'Name: value' (repeatable)",
+        )
+        cmd.add_argument("--timeout", type=float, help="overall deadline in seconds")
+        cmd.add_argument(
+            "-i", "--include", action="store_true", help="print the final status line and headers"
+        )
+        cmd.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -146,6 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return demo(args.seconds, fail=args.fail, long_poll=args.long_poll or None)
+        if args.command in {"request", "wait"}:
+            return request_command(args)
         return serve(args.app, args.host, args.port, args.store)
     except MissingExtraError as exc:
         print(f"repoll: {exc}", file=sys.stderr)

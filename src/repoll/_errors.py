@@ -5,9 +5,11 @@ The tree::
     RepollError
     ├── MissingExtraError (also ImportError)   an optional dependency is not installed
     ├── ProtocolError                          a peer broke docs/protocol.md
-    │   └── InvalidTransition                  an operation cannot move that way
+    │   ├── InvalidTransition                  an operation cannot move that way
+    │   └── CrossOriginError                   a Location on another origin, refused
     ├── NotDeferrableError (also RuntimeError) defer() outside a deferrable request
-    ├── OperationError                         an operation could not be completed
+    ├── OperationError                         an operation did not give a usable answer
+    │   │                                      (also: transient poll failures past max_retries)
     │   ├── OperationNotFound                  404: unknown, foreign or malformed id
     │   ├── OperationExpired                   410: retention ended
     │   ├── OperationFailed                    the final outcome is ``failed``
@@ -45,6 +47,10 @@ class InvalidTransition(ProtocolError):
         self.current = current
         self.event = event
         super().__init__(f"operation in state {current!r} cannot take event {event!r}")
+
+
+class CrossOriginError(ProtocolError):
+    """The server named an operation URL on another origin; refused unless allowed."""
 
 
 class NotDeferrableError(RepollError, RuntimeError):

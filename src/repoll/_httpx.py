@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Callable, Generator
+from dataclasses import replace
 
 from ._errors import require
 
@@ -17,20 +16,24 @@ from ._poll import (  # noqa: E402
     Observed,
     Poll,
     PollOptions,
-    Sleep,
     first_request_headers,
     is_polling_response,
     poll_flow,
+    same_origin,
 )
+from ._runners import Flow, adrive, drive  # noqa: E402
 
 HOPS_EXTENSION = "repoll.hops"
+HISTORY_EXTENSION = "repoll.history"
 OPTIONS_EXTENSION = "repoll.options"
+PASSTHROUGH_EXTENSION = "repoll.passthrough"  # set by handles: return the first response
 # Credentials follow a poll only to the origin that received the original
 # request: a server must not be able to name another host and get them.
-_CREDENTIAL_HEADERS = ("authorization", "cookie", "proxy-authorization")
+CREDENTIAL_HEADERS = ("authorization", "cookie", "proxy-authorization")
 
 
-def _observe(response: httpx.Response, request: httpx.Request, body: bytes = b"") -> Observed:
+def observe(response: httpx.Response, request: httpx.Request, body: bytes = b"") -> Observed:
+    """What the flow needs to know of an httpx response."""
     return Observed(
         method=request.method,
         status=response.status_code,
@@ -41,49 +44,69 @@ def _observe(response: httpx.Response, request: httpx.Request, body: bytes = b""
     )
 
 
-def _same_origin(a: httpx.URL, b: httpx.URL) -> bool:
-    return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)
+def observe_error(error: httpx.TransportError, request: httpx.Request) -> Observed:
+    return Observed(
+        method=request.method,
+        status=0,
+        headers={},
+        url=str(request.url),
+        at=time.monotonic(),
+        error=error,
+    )
 
 
-def _poll_request(original: httpx.Request, poll: Poll) -> httpx.Request:
+def poll_request(original: httpx.Request, poll: Poll) -> httpx.Request:
+    """The GET for ``poll``, carrying the original's credentials only to its origin."""
     url = original.url.join(poll.url)
     headers = {"accept": original.headers.get("accept", "*/*"), **poll.headers}
-    if _same_origin(url, original.url):
-        for name in _CREDENTIAL_HEADERS:
+    if same_origin(str(url), str(original.url)):
+        for name in CREDENTIAL_HEADERS:
             if name in original.headers:
                 headers[name] = original.headers[name]
-    return httpx.Request("GET", url, headers=headers, extensions=dict(original.extensions))
+    extensions = {k: v for k, v in original.extensions.items() if k != HOPS_EXTENSION}
+    return httpx.Request("GET", url, headers=headers, extensions=extensions)
 
 
-class _Flow:
-    """What both transports share: preparing the request and starting the flow."""
+class _Shell:
+    """What both transports share: options, the first request, the history."""
 
-    def __init__(self, options: PollOptions | None, on_hop: Callable[[Hop], None] | None) -> None:
+    def __init__(self, options: PollOptions | None) -> None:
         self.options = options or PollOptions()
-        self.on_hop = on_hop
 
     def options_for(self, request: httpx.Request) -> PollOptions:
         per_request = request.extensions.get(OPTIONS_EXTENSION)
         return per_request if isinstance(per_request, PollOptions) else self.options
 
-    def prepare(self, request: httpx.Request) -> None:
+    def prepare(self, request: httpx.Request) -> bool:
+        """Add the Prefer header; False when the request must pass through untouched."""
+        if request.extensions.get(PASSTHROUGH_EXTENSION):
+            return False
         for name, value in first_request_headers(self.options_for(request)).items():
             request.headers.setdefault(name, value)
+        return True
 
-    def start(
-        self, request: httpx.Request, first: Observed, hops: list[Hop]
-    ) -> Generator[Sleep | Poll, Observed | None, Observed]:
+    def flow(self, request: httpx.Request, first: Observed, hops: list[Hop]) -> Flow:
+        options = self.options_for(request)
+        user_callback = options.on_progress
+
         def record(hop: Hop) -> None:
             hops.append(hop)
-            if self.on_hop is not None:
-                self.on_hop(hop)
+            if user_callback is not None:
+                user_callback(hop)
 
-        return poll_flow(first, self.options_for(request), wall_clock=time.time, on_hop=record)
+        return poll_flow(first, replace(options, on_progress=record), wall_clock=time.time)
 
 
-def _finish(response: httpx.Response, hops: list[Hop]) -> httpx.Response:
-    response.extensions = {**response.extensions, HOPS_EXTENSION: hops}
-    return response
+def finish(final: httpx.Response, history: list[httpx.Response], hops: list[Hop]) -> httpx.Response:
+    """Mark the final response with the way it was reached.
+
+    httpx's client owns ``response.history`` (its redirects) and resets it
+    after the transport returns, so the polling responses travel in an
+    extension instead.
+    """
+    earlier = history[:-1] if history and history[-1] is final else list(history)
+    final.extensions = {**final.extensions, HOPS_EXTENSION: hops, HISTORY_EXTENSION: earlier}
+    return final
 
 
 class PollingTransport(httpx.BaseTransport):
@@ -92,44 +115,43 @@ class PollingTransport(httpx.BaseTransport):
     ``httpx.Client(transport=repoll.PollingTransport())``: a polling response
     (303/202 with Location and Retry-After, or Operation-Status) is followed
     until the final response, which is returned for the original request.
-    Per-request options: ``extensions={"repoll.options": PollOptions(...)}``.
-    The hops are in ``response.extensions["repoll.hops"]``.
+    Other responses pass through untouched (still streamable). Per-request
+    options: ``extensions={"repoll.options": PollOptions(...)}``. The hops are
+    in ``response.extensions["repoll.hops"]`` and the polling responses in
+    ``response.extensions["repoll.history"]``.
     """
 
     def __init__(
-        self,
-        transport: httpx.BaseTransport | None = None,
-        *,
-        options: PollOptions | None = None,
-        on_hop: Callable[[Hop], None] | None = None,
+        self, transport: httpx.BaseTransport | None = None, *, options: PollOptions | None = None
     ) -> None:
         self._inner = transport or httpx.HTTPTransport()
-        self._flow = _Flow(options, on_hop)
+        self._shell = _Shell(options)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        self._flow.prepare(request)
+        if not self._shell.prepare(request):
+            return self._inner.handle_request(request)
         response = self._inner.handle_request(request)
-        if not is_polling_response(_observe(response, request)):
-            return response  # untouched, still streamable
-        first = _observe(response, request, response.read())
+        if not is_polling_response(observe(response, request)):
+            return response
+        first = observe(response, request, response.read())
         response.close()
+        history = [response]
         hops: list[Hop] = []
-        flow = self._flow.start(request, first, hops)
-        last = response
-        try:
-            action = next(flow)
-            while True:
-                if isinstance(action, Sleep):
-                    time.sleep(action.seconds)
-                    action = flow.send(None)
-                    continue
-                poll = _poll_request(request, action)
-                last = self._inner.handle_request(poll)
-                observed = _observe(last, poll, last.read())
-                last.close()
-                action = flow.send(observed)
-        except StopIteration:
-            return _finish(last, hops)
+
+        def send(poll: Poll) -> Observed:
+            poll_req = poll_request(request, poll)
+            try:
+                reply = self._inner.handle_request(poll_req)
+                body = reply.read()
+            except httpx.TransportError as exc:
+                return observe_error(exc, poll_req)
+            reply.close()
+            reply.request = poll_req
+            history.append(reply)
+            return observe(reply, poll_req, body)
+
+        drive(self._shell.flow(request, first, hops), send)
+        return finish(history[-1], history, hops)
 
     def close(self) -> None:
         self._inner.close()
@@ -143,35 +165,35 @@ class AsyncPollingTransport(httpx.AsyncBaseTransport):
         transport: httpx.AsyncBaseTransport | None = None,
         *,
         options: PollOptions | None = None,
-        on_hop: Callable[[Hop], None] | None = None,
     ) -> None:
         self._inner = transport or httpx.AsyncHTTPTransport()
-        self._flow = _Flow(options, on_hop)
+        self._shell = _Shell(options)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self._flow.prepare(request)
+        if not self._shell.prepare(request):
+            return await self._inner.handle_async_request(request)
         response = await self._inner.handle_async_request(request)
-        if not is_polling_response(_observe(response, request)):
-            return response  # untouched, still streamable
-        first = _observe(response, request, await response.aread())
+        if not is_polling_response(observe(response, request)):
+            return response
+        first = observe(response, request, await response.aread())
         await response.aclose()
+        history = [response]
         hops: list[Hop] = []
-        flow = self._flow.start(request, first, hops)
-        last = response
-        try:
-            action = next(flow)
-            while True:
-                if isinstance(action, Sleep):
-                    await asyncio.sleep(action.seconds)
-                    action = flow.send(None)
-                    continue
-                poll = _poll_request(request, action)
-                last = await self._inner.handle_async_request(poll)
-                observed = _observe(last, poll, await last.aread())
-                await last.aclose()
-                action = flow.send(observed)
-        except StopIteration:
-            return _finish(last, hops)
+
+        async def send(poll: Poll) -> Observed:
+            poll_req = poll_request(request, poll)
+            try:
+                reply = await self._inner.handle_async_request(poll_req)
+                body = await reply.aread()
+            except httpx.TransportError as exc:
+                return observe_error(exc, poll_req)
+            await reply.aclose()
+            reply.request = poll_req
+            history.append(reply)
+            return observe(reply, poll_req, body)
+
+        await adrive(self._shell.flow(request, first, hops), send)
+        return finish(history[-1], history, hops)
 
     async def aclose(self) -> None:
         await self._inner.aclose()

@@ -7,12 +7,30 @@ It is started with the first response (the answer to the caller's own
 request) and yields *actions*:
 
 * :class:`Sleep` -- the runner waits that many seconds and sends back ``None``;
-* :class:`Poll` -- the runner sends that GET and sends back the response as
-  an :class:`Observed`.
+* :class:`Poll` -- the runner sends that GET and sends back what came of it as
+  an :class:`Observed` (a response, or the transport error it raised).
 
 When the flow returns, its value is the final :class:`Observed` response: the
 one to hand to the caller as the answer to the original request. Errors
-(deadline, poll budget, protocol breaks) are raised from the generator.
+(deadline, poll budget, protocol breaks, retries exhausted) are raised from
+the generator.
+
+Each turn of the loop decides, in this order:
+
+1. Is the response final? Anything that is not a polling response is.
+2. Is it a transient failure of a poll (a connection error, or 429/502/503/504
+   without a terminal ``Operation-Status``)? Retry the same URL after the
+   server's Retry-After or a backoff, at most ``max_retries`` times in a row.
+3. Where next? ``Location``, resolved against the response URL, on the same
+   origin as the original request unless ``allow_cross_origin``.
+4. When? ``Retry-After-Ms``, else ``Retry-After``, clamped to
+   ``[min_interval, max_interval]``. No interval, a nonsensical one, or one
+   below ``min_interval`` gives exponential backoff with full jitter instead,
+   so a server answering "come back now" for ever cannot cause a tight loop.
+   If the server holds polls (a repoll server, seen by ``Operation-Status``,
+   whose last poll was in fact held) and ``long_poll`` is set, the next poll
+   goes out at once with ``Prefer: wait``.
+5. Within budget? The overall ``deadline`` and ``max_polls``.
 
 Runners (sync and async, httpx and requests) only translate: they never
 decide. Time enters through ``Observed.at``, which the runner stamps with a
@@ -24,26 +42,46 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 from . import _headers as h
-from ._errors import PollingTimeout, ProtocolError
+from ._errors import CrossOriginError, OperationError, PollingTimeout, ProtocolError
 from ._status import OperationStatus
+
+_TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """One response on the way to the final one, as progress callbacks see it."""
+
+    method: str
+    url: str
+    status: int
+    operation_status: str | None
+    retry_after: float | None  # what the server asked for, in seconds
+    progress: float | None
+    message: str | None
+    next_poll_in: float | None = None  # what the client will wait; None when final
 
 
 @dataclass(frozen=True, slots=True)
 class PollOptions:
-    """How the client polls. Every field has a safe default."""
+    """How the client polls. Every field has a safe default; none sets a deadline."""
 
-    deadline: float | None = None  # overall seconds for the whole operation; None: no limit
-    min_interval: float = 0.05  # never poll sooner than this, whatever the server says
+    deadline: float | None = None  # seconds for the whole operation; None: no limit
+    min_interval: float = 0.1  # never poll sooner than this, whatever the server says
     max_interval: float = 60.0  # never wait longer than this between polls
-    long_poll: float | None = 30.0  # ask the server to hold each poll this long (Prefer: wait)
+    long_poll: float | None = 30.0  # ask the server to hold each poll (Prefer: wait=N)
     max_polls: int | None = None  # give up after this many polls; None: no limit
+    max_retries: int = 5  # transient poll failures in a row before giving up
     respond_async: bool = True  # ask for 202 rather than 303 (Prefer: respond-async)
-    backoff_initial: float = 0.5  # when the server names no interval
+    allow_cross_origin: bool = False  # follow a Location on another origin (no credentials)
+    backoff_initial: float = 0.5  # when the server names no usable interval
     backoff_factor: float = 1.5
     backoff_max: float = 10.0
+    on_progress: Callable[[Hop], None] | None = None  # called with every response
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_interval <= self.max_interval:
@@ -52,18 +90,25 @@ class PollOptions:
         if self.deadline is not None and self.deadline <= 0:
             msg = "deadline must be positive"
             raise ValueError(msg)
+        if self.max_retries < 0 or (self.max_polls is not None and self.max_polls < 0):
+            msg = "max_retries and max_polls must not be negative"
+            raise ValueError(msg)
+        if not 0 < self.backoff_initial <= self.backoff_max or self.backoff_factor < 1:
+            msg = "need 0 < backoff_initial <= backoff_max and backoff_factor >= 1"
+            raise ValueError(msg)
 
 
 @dataclass(frozen=True, slots=True)
 class Observed:
-    """A response as the flow sees it."""
+    """A response (or a transport error) as the flow sees it."""
 
-    status: int
+    status: int  # 0 when ``error`` is set
     headers: Mapping[str, str]  # lower-case names
     url: str
     at: float  # monotonic seconds when it arrived
     body: bytes = b""
     method: str = "GET"
+    error: Exception | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,19 +120,6 @@ class Sleep:
 class Poll:
     url: str
     headers: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Hop:
-    """One step of an operation, as progress callbacks and the demo see it."""
-
-    method: str
-    url: str
-    status: int
-    operation_status: str | None
-    retry_after: float | None
-    progress: float | None
-    message: str | None
 
 
 Action = Sleep | Poll
@@ -110,6 +142,16 @@ def _is_terminal(value: str) -> bool:
         return False
 
 
+def is_transient_failure(response: Observed) -> bool:
+    """A poll that failed for now: no answer, or 429/502/503/504 that is not final."""
+    if response.error is not None:
+        return True
+    if response.status not in _TRANSIENT_STATUSES:
+        return False
+    status = response.headers.get(h.OPERATION_STATUS)
+    return status is None or not _is_terminal(status)
+
+
 def server_interval(response: Observed, *, wall_now: float) -> float | None:
     """The interval the server asked for: Retry-After-Ms first, then Retry-After."""
     precise = h.parse_retry_after_ms(response.headers.get(h.RETRY_AFTER_MS))
@@ -118,7 +160,23 @@ def server_interval(response: Observed, *, wall_now: float) -> float | None:
     return h.parse_retry_after(response.headers.get(h.RETRY_AFTER), now=wall_now)
 
 
-def hop_of(response: Observed, *, wall_now: float) -> Hop:
+def same_origin(a: str, b: str) -> bool:
+    """True if two absolute URLs share scheme, host and port."""
+    return _origin(a) == _origin(b)
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:  # a malformed port never matches a real origin
+        return (parts.scheme, parts.hostname, -1)
+    if port is None:
+        port = _DEFAULT_PORTS.get(parts.scheme.lower())
+    return (parts.scheme.lower(), parts.hostname, port)
+
+
+def hop_of(response: Observed, *, wall_now: float, next_poll_in: float | None = None) -> Hop:
     from ._replies import decode_status_document  # noqa: PLC0415 - avoids an import cycle
 
     document = decode_status_document(response.body) if response.body else None
@@ -132,6 +190,7 @@ def hop_of(response: Observed, *, wall_now: float) -> Hop:
         retry_after=server_interval(response, wall_now=wall_now),
         progress=float(progress) if isinstance(progress, int | float) else None,
         message=message if isinstance(message, str) else None,
+        next_poll_in=next_poll_in,
     )
 
 
@@ -141,54 +200,85 @@ def first_request_headers(options: PollOptions) -> dict[str, str]:
     return {h.PREFER: value} if value else {}
 
 
+class _Backoff:
+    """Exponential backoff with full jitter, reset whenever the server names an interval."""
+
+    def __init__(self, options: PollOptions, rng: random.Random) -> None:
+        self._options = options
+        self._rng = rng
+        self._cap = options.backoff_initial
+
+    def next(self) -> float:
+        delay = self._rng.uniform(0, self._cap)
+        self._cap = min(self._cap * self._options.backoff_factor, self._options.backoff_max)
+        return delay
+
+    def reset(self) -> None:
+        self._cap = self._options.backoff_initial
+
+
 def poll_flow(
     first: Observed,
     options: PollOptions,
     *,
     wall_clock: Callable[[], float],
     rng: random.Random | None = None,
-    on_hop: Callable[[Hop], None] | None = None,
 ) -> Generator[Action, Observed | None, Observed]:
     """Follow a polling response to its final response (see the module docstring).
 
+    ``first.url`` is the original request's URL: the origin polls must stay on.
     ``wall_clock`` gives Unix time, used only to read HTTP-date Retry-After
-    values. ``rng`` drives the backoff jitter when the server names no interval.
+    values. ``rng`` drives the backoff jitter.
     """
-    rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+    backoff = _Backoff(options, rng or random.Random())  # noqa: S311 - jitter, not crypto
+    origin = first.url
     started = first.at
-    response = first
+    pending = first  # the last polling response: where to go and when
+    response = first  # the last thing observed
     polls = 0
-    backoff = options.backoff_initial
+    failures = 0
     # A repoll server (it sends Operation-Status) holds polls that carry
     # Prefer: wait, so the next poll may go out at once. Any other server, or
     # one that answered a held poll quickly (it is shedding load), gets its
     # Retry-After honoured instead.
     server_holds = h.OPERATION_STATUS in first.headers
+
     while True:
-        if on_hop is not None:
-            on_hop(hop_of(response, wall_now=wall_clock()))
-        if not is_polling_response(response):
+        transient = response is not first and is_transient_failure(response)
+        if not transient and not is_polling_response(response):
+            _report(options, response, wall_clock, None)
             return response
-        operation_url = urljoin(response.url, response.headers["location"])
-        asked = server_interval(response, wall_now=wall_clock())
-        if asked is None:
-            delay = rng.uniform(0, backoff)  # full jitter
-            backoff = min(backoff * options.backoff_factor, options.backoff_max)
-        else:
-            delay = asked
-        delay = min(max(delay, options.min_interval), options.max_interval)
-        hold = options.long_poll
-        if options.deadline is not None:
-            remaining = options.deadline - (response.at - started)
-            if remaining <= 0:
-                raise PollingTimeout(
-                    f"the operation did not finish within {options.deadline} s; "
-                    f"resume it from {operation_url}",
-                    operation_url=operation_url,
+        if transient:
+            failures += 1
+            if failures > options.max_retries:
+                if response.error is not None:
+                    raise response.error
+                msg = (
+                    f"polling {response.url} failed {failures} times in a row: "
+                    f"last {response.status}"
                 )
-            delay = min(delay, remaining)
-            if hold is not None:
-                hold = min(hold, remaining)
+                raise OperationError(msg, operation_url=response.url)
+        else:
+            failures = 0
+            pending = response
+
+        operation_url = urljoin(pending.url, pending.headers["location"])
+        if not same_origin(operation_url, origin) and not options.allow_cross_origin:
+            msg = (
+                f"the server sent the operation to another origin ({operation_url}, from "
+                f"{origin}); set PollOptions(allow_cross_origin=True) to follow it "
+                "(credentials are never sent there)"
+            )
+            raise CrossOriginError(msg)
+
+        delay, hold = _timing(
+            response,
+            options,
+            backoff=backoff,
+            wall_clock=wall_clock,
+            started=started,
+            operation_url=operation_url,
+        )
         if options.max_polls is not None and polls >= options.max_polls:
             raise PollingTimeout(
                 f"gave up after {polls} polls; resume the operation from {operation_url}",
@@ -196,8 +286,10 @@ def poll_flow(
             )
         if hold is not None and hold < 1:
             hold = None  # Prefer: wait counts whole seconds; wait=0 would not hold
-        if hold is not None and server_holds:
+        if hold is not None and server_holds and not transient:
             delay = 0.0
+
+        _report(options, response, wall_clock, delay)
         if delay > 0:
             yield Sleep(delay)
         prefer = h.format_prefer(respond_async=options.respond_async, wait=hold)
@@ -209,3 +301,42 @@ def poll_flow(
         took = observed.at - response.at - delay
         server_holds = hold is not None and took >= min(0.5 * hold, 1.0)
         response = observed
+
+
+def _timing(
+    response: Observed,
+    options: PollOptions,
+    *,
+    backoff: _Backoff,
+    wall_clock: Callable[[], float],
+    started: float,
+    operation_url: str,
+) -> tuple[float, float | None]:
+    """How long to wait before the next poll, and how long to ask the server to hold it."""
+    asked = server_interval(response, wall_now=wall_clock())
+    if asked is None or asked < options.min_interval:
+        delay = backoff.next()
+    else:
+        backoff.reset()
+        delay = asked
+    delay = min(max(delay, options.min_interval), options.max_interval)
+    hold = options.long_poll
+    if options.deadline is not None:
+        remaining = options.deadline - (response.at - started)
+        if remaining <= 0:
+            raise PollingTimeout(
+                f"the operation did not finish within {options.deadline:g} s; "
+                f"resume it from {operation_url}",
+                operation_url=operation_url,
+            )
+        delay = min(delay, remaining)
+        if hold is not None:
+            hold = min(hold, remaining)
+    return delay, hold
+
+
+def _report(
+    options: PollOptions, response: Observed, wall_clock: Callable[[], float], delay: float | None
+) -> None:
+    if options.on_progress is not None and response.error is None:
+        options.on_progress(hop_of(response, wall_now=wall_clock(), next_poll_in=delay))
