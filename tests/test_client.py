@@ -35,11 +35,15 @@ def scripted(*responses, seen=None):
 
 def pending(status=202, location="/operations/abc", **headers):
     headers = {k.replace("_", "-"): v for k, v in headers.items()}
-    return httpx.Response(status, headers={"location": location, **headers}, json={"status": "running"})
+    return httpx.Response(
+        status, headers={"location": location, **headers}, json={"status": "running"}
+    )
 
 
 def final(status=200, **json):
-    return httpx.Response(status, json=json or {"done": True}, headers={"operation-status": "succeeded"})
+    return httpx.Response(
+        status, json=json or {"done": True}, headers={"operation-status": "succeeded"}
+    )
 
 
 def client_for(transport, **options):
@@ -100,7 +104,9 @@ def test_a_location_on_another_origin_is_refused():
 
 def test_another_origin_when_allowed_gets_no_credentials():
     seen = []
-    transport = scripted(pending(location="http://other.test/op", retry_after="1"), final(), seen=seen)
+    transport = scripted(
+        pending(location="http://other.test/op", retry_after="1"), final(), seen=seen
+    )
     client, _ = client_for(transport, allow_cross_origin=True)
     response = client.post("/start", headers={"authorization": "Bearer t", "cookie": "s=1"})
     assert response.status_code == 200
@@ -134,7 +140,9 @@ def test_nonsense_retry_after_falls_back_to_backoff(value):
 
 def test_retry_after_ms_wins_and_is_clamped():
     client, hops = client_for(
-        scripted(pending(retry_after="5", retry_after_ms="1250"), pending(retry_after="9999"), final()),
+        scripted(
+            pending(retry_after="5", retry_after_ms="1250"), pending(retry_after="9999"), final()
+        ),
         long_poll=None,
         max_interval=30,
     )
@@ -164,7 +172,9 @@ def test_transient_failures_while_polling_are_retried():
 
 
 def test_transient_failures_past_the_bound_raise():
-    client, _ = client_for(scripted(pending(retry_after="1"), httpx.ConnectError("down")), max_retries=2)
+    client, _ = client_for(
+        scripted(pending(retry_after="1"), httpx.ConnectError("down")), max_retries=2
+    )
     with pytest.raises(httpx.ConnectError):
         client.post("/start")
     client, _ = client_for(scripted(pending(retry_after="1"), httpx.Response(503)), max_retries=2)
@@ -244,3 +254,55 @@ def test_testing_switch_skips_sleeps():
     client.post("/start")
     assert time.monotonic() - started < 5
     assert repoll.is_testing()
+
+
+def test_no_default_deadline_nor_poll_budget():
+    # google-api-core's surprise 900 s default broke long jobs; repoll sets none.
+    options = PollOptions()
+    assert options.deadline is None
+    assert options.max_polls is None
+
+
+def test_a_body_that_never_completes_is_a_timeout_not_a_hang():
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def serve():
+        first = True
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            if first:
+                first = False
+                conn.sendall(
+                    b"HTTP/1.1 202 Accepted\r\nLocation: /operations/x\r\nRetry-After: 1\r\n"
+                    b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+                conn.close()
+            else:  # promise 100 bytes, send 10, then say nothing
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+                stop.wait(5)
+                conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    options = PollOptions(max_retries=1)
+    transport = repoll.PollingTransport(options=options)
+    started = time.monotonic()
+    with (
+        httpx.Client(transport=transport, timeout=0.5) as client,
+        pytest.raises(httpx.ReadTimeout),
+    ):
+        client.post(f"http://127.0.0.1:{port}/start")
+    assert time.monotonic() - started < 10
+    stop.set()
+    listener.close()

@@ -11,8 +11,13 @@ import repoll
 from repoll._errors import MissingExtraError, require
 
 PUBLIC = {
-    "AsyncOperationHandle", "OperationHandle", "PollingAdapter", "CrossOriginError",
-    "is_testing", "set_testing", "testing",
+    "AsyncOperationHandle",
+    "OperationHandle",
+    "PollingAdapter",
+    "CrossOriginError",
+    "is_testing",
+    "set_testing",
+    "testing",
     "AsyncPollingTransport",
     "Executor",
     "Hop",
