@@ -410,3 +410,22 @@ async def test_restart_marks_unfinished_work_failed(tmp_path):
     seen["release"].set()
     await server2.close()
     await server.store.close()
+
+
+async def test_held_polls_are_shed_past_the_limit():
+    app, server, seen = build_app(max_held_polls=2)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        location = (await c.post("/gated")).headers["location"]
+        held = [
+            asyncio.create_task(c.get(location, headers={"prefer": "wait=5"})) for _ in range(2)
+        ]
+        await asyncio.sleep(0.1)
+        assert server.held_polls == 2
+        idle_interval = int((await c.post("/gated")).headers["retry-after-ms"])
+        shed = await asyncio.wait_for(c.get(location, headers={"prefer": "wait=5"}), timeout=1)
+        assert shed.status_code == 303  # answered at once, not held
+        assert int(shed.headers["retry-after-ms"]) >= idle_interval
+        seen["release"].set()
+        assert [(await t).status_code for t in held] == [200, 200]
+        assert server.held_polls == 0
+    await server.close()

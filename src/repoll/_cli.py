@@ -102,15 +102,25 @@ def demo(seconds: float, *, fail: bool, long_poll: float | None, out: TextIO = s
             return 0 if response.status_code == expected else 1
 
 
-def serve(target: str | None, host: str, port: int, store: str | None) -> int:
+def serve(
+    target: str | None,
+    host: str,
+    port: int,
+    store: str | None,
+    concurrency: int | None = None,
+    *,
+    factory: bool = False,
+) -> int:
     """Serve the demo app (or ``MODULE:APP``) with uvicorn until interrupted."""
     require("uvicorn", "server")
     import uvicorn  # noqa: PLC0415
 
     if store:
         os.environ["REPOLL_STORE"] = store
+    if concurrency:
+        os.environ["REPOLL_CONCURRENCY"] = str(concurrency)
     app = target or DEMO_APP
-    uvicorn.run(app, host=host, port=port, factory=target is None)
+    uvicorn.run(app, host=host, port=port, factory=factory or target is None, log_level="warning")
     return 0
 
 
@@ -263,12 +273,20 @@ def _parser() -> argparse.ArgumentParser:
 
     serve_cmd = commands.add_parser("serve", help="serve the demo app, or MODULE:APP, with uvicorn")
     serve_cmd.add_argument("app", nargs="?", help="MODULE:APP to serve (default: the demo app)")
+    serve_cmd.add_argument(
+        "--factory", action="store_true", help="APP is a function that returns the app"
+    )
     serve_cmd.add_argument("--host", default="127.0.0.1")
     serve_cmd.add_argument("--port", type=int, default=8000)
     serve_cmd.add_argument(
         "--store",
         help="store URL for the demo app: sqlite:///PATH (default sqlite:///repoll.sqlite3) "
         "or memory://; also exported as REPOLL_STORE",
+    )
+    serve_cmd.add_argument(
+        "--concurrency",
+        type=int,
+        help="operations the demo app runs at once (default 16); exported as REPOLL_CONCURRENCY",
     )
     for name, help_text in (
         ("request", "send a request; follow its operation to the final answer"),
@@ -310,7 +328,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return demo(args.seconds, fail=args.fail, long_poll=args.long_poll or None)
         if args.command in {"request", "wait"}:
             return request_command(args)
-        return serve(args.app, args.host, args.port, args.store)
+        return serve(
+            args.app, args.host, args.port, args.store, args.concurrency, factory=args.factory
+        )
     except MissingExtraError as exc:
         print(f"repoll: {exc}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError  # noqa: E402
 from fastapi.responses import JSONResponse  # noqa: E402
 from pydantic import BaseModel, Field  # noqa: E402
 
+from ._executor import InProcessExecutor  # noqa: E402
 from ._headers import PROBLEM_JSON  # noqa: E402
 from ._install import install  # noqa: E402
 from ._server import PollingServer, deferred, report_progress  # noqa: E402
@@ -36,6 +37,7 @@ class WorkResult(BaseModel):
     result: str
     seconds: float
     steps: int
+    finished_at: float = Field(description="Unix time when the work finished.")
 
 
 class DemoFailure(RuntimeError):
@@ -48,6 +50,9 @@ def create_app(store: Any = None, **options: Any) -> FastAPI:
         title="repoll demo",
         description="A slow endpoint made pollable by repoll: see docs/protocol.md.",
     )
+    concurrency = os.environ.get("REPOLL_CONCURRENCY")
+    if concurrency and "executor" not in options:
+        options["executor"] = InProcessExecutor(concurrency=int(concurrency))
     server: PollingServer = install(
         app, store=store or os.environ.get("REPOLL_STORE") or None, **options
     )
@@ -78,7 +83,7 @@ def create_app(store: Any = None, **options: Any) -> FastAPI:
         if work.fail:
             msg = "the demo work failed, as requested"
             raise DemoFailure(msg)
-        return WorkResult(result="done", seconds=work.seconds, steps=steps)
+        return WorkResult(result="done", seconds=work.seconds, steps=steps, finished_at=time.time())
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

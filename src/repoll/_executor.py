@@ -28,6 +28,9 @@ class Executor(Protocol):
     def slot(self, operation_id: str) -> AbstractAsyncContextManager[None]:
         """Wait for a free slot, hold it for the body of the ``async with``."""
 
+    def has_free_slot(self) -> bool:
+        """True if :meth:`slot` would be entered without waiting."""
+
     async def run_sync(self, fn: Callable[[], T]) -> T:
         """Run a blocking callable without blocking the event loop."""
 
@@ -69,6 +72,9 @@ class InProcessExecutor:
     @property
     def running(self) -> int:
         return len(self._tasks)
+
+    def has_free_slot(self) -> bool:
+        return self._semaphore is None or not self._semaphore.locked()
 
     @asynccontextmanager
     async def slot(self, operation_id: str) -> AsyncIterator[None]:

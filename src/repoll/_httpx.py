@@ -23,6 +23,7 @@ from ._poll import (  # noqa: E402
 )
 from ._runners import Flow, adrive, drive  # noqa: E402
 
+POLLING_STATUSES = frozenset({202, 303})  # the cheap test first: most responses are neither
 HOPS_EXTENSION = "repoll.hops"
 HISTORY_EXTENSION = "repoll.history"
 OPTIONS_EXTENSION = "repoll.options"
@@ -72,6 +73,7 @@ class _Shell:
 
     def __init__(self, options: PollOptions | None) -> None:
         self.options = options or PollOptions()
+        self._first_headers = first_request_headers(self.options)
 
     def options_for(self, request: httpx.Request) -> PollOptions:
         per_request = request.extensions.get(OPTIONS_EXTENSION)
@@ -79,10 +81,14 @@ class _Shell:
 
     def prepare(self, request: httpx.Request) -> bool:
         """Add the Prefer header; False when the request must pass through untouched."""
-        if request.extensions.get(PASSTHROUGH_EXTENSION):
+        extensions = request.extensions
+        if extensions.get(PASSTHROUGH_EXTENSION):
             return False
-        for name, value in first_request_headers(self.options_for(request)).items():
-            request.headers.setdefault(name, value)
+        options = extensions.get(OPTIONS_EXTENSION)
+        added = self._first_headers if options is None else first_request_headers(options)
+        for name, value in added.items():
+            if name not in request.headers:
+                request.headers[name] = value
         return True
 
     def flow(self, request: httpx.Request, first: Observed, hops: list[Hop]) -> Flow:

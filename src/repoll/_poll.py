@@ -73,7 +73,9 @@ class PollOptions:
     deadline: float | None = None  # seconds for the whole operation; None: no limit
     min_interval: float = 0.1  # never poll sooner than this, whatever the server says
     max_interval: float = 60.0  # never wait longer than this between polls
-    long_poll: float | None = 30.0  # ask the server to hold each poll (Prefer: wait=N)
+    # Ask the server to hold each poll (Prefer: wait=N); 0 asks it not to hold
+    # (wait=0), None leaves the hold to the server's default.
+    long_poll: float | None = 30.0
     max_polls: int | None = None  # give up after this many polls; None: no limit
     max_retries: int = 5  # transient poll failures in a row before giving up
     respond_async: bool = True  # ask for 202 rather than 303 (Prefer: respond-async)
@@ -285,8 +287,8 @@ def poll_flow(
                 operation_url=operation_url,
             )
         if hold is not None and hold < 1:
-            hold = None  # Prefer: wait counts whole seconds; wait=0 would not hold
-        if hold is not None and server_holds and not transient:
+            hold = 0.0  # Prefer: wait counts whole seconds; wait=0 asks for no hold
+        if hold and server_holds and not transient:
             delay = 0.0
 
         _report(options, response, wall_clock, delay)
@@ -299,7 +301,7 @@ def poll_flow(
             raise ProtocolError(msg)
         polls += 1
         took = observed.at - response.at - delay
-        server_holds = hold is not None and took >= min(0.5 * hold, 1.0)
+        server_holds = bool(hold) and took >= min(0.5 * (hold or 0.0), 1.0)
         response = observed
 
 

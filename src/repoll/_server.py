@@ -28,8 +28,8 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from contextlib import AsyncExitStack
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
 from . import _replies as replies
@@ -89,34 +89,34 @@ def _route_path(scope: Scope) -> str:
 
 
 class _Notifier:
-    """Wakes held polls the moment their operation finishes (in this process)."""
+    """Wakes held polls the moment their operation ends (in this process).
+
+    Each held poll is one future; the finishing side resolves them with the
+    terminal record, so a thousand waiters cost no store reads when they wake.
+    """
 
     def __init__(self) -> None:
-        self._events: dict[str, tuple[asyncio.Event, int]] = {}
+        self._waiters: dict[str, set[asyncio.Future[Operation | None]]] = {}
 
-    @asynccontextmanager
-    async def listening(self, operation_id: str) -> AsyncIterator[asyncio.Event]:
-        event, count = self._events.get(operation_id, (None, 0))
-        if event is None:
-            event = asyncio.Event()
-        self._events[operation_id] = (event, count + 1)
-        try:
-            yield event
-        finally:
-            _, count = self._events.get(operation_id, (event, 1))
-            if count <= 1:
-                self._events.pop(operation_id, None)
-            else:
-                self._events[operation_id] = (event, count - 1)
+    def add(self, operation_id: str, waiter: asyncio.Future[Operation | None]) -> None:
+        self._waiters.setdefault(operation_id, set()).add(waiter)
 
-    def notify(self, operation_id: str) -> None:
-        entry = self._events.pop(operation_id, None)
-        if entry is not None:
-            entry[0].set()
+    def discard(self, operation_id: str, waiter: asyncio.Future[Operation | None]) -> None:
+        waiters = self._waiters.get(operation_id)
+        if waiters is not None:
+            waiters.discard(waiter)
+            if not waiters:
+                del self._waiters[operation_id]
 
-    @property
-    def listeners(self) -> int:
-        return sum(count for _, count in self._events.values())
+    def notify(self, operation_id: str, operation: Operation) -> None:
+        for waiter in self._waiters.pop(operation_id, ()):
+            if not waiter.done():
+                waiter.set_result(operation)
+
+
+def _time_out(waiter: asyncio.Future[Operation | None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class PollingServer:
@@ -138,6 +138,7 @@ class PollingServer:
         max_response_size: int = 64 * 1024 * 1024,
         principal: PrincipalFunction = default_principal,
         shutdown_grace: float = 5.0,
+        max_held_polls: int = 10_000,
     ) -> None:
         if store is None:
             store = DEFAULT_STORE_URL
@@ -150,6 +151,7 @@ class PollingServer:
         self.max_response_size = max_response_size
         self.principal = principal
         self.shutdown_grace = shutdown_grace
+        self.max_held_polls = max_held_polls
         self.held_polls = 0
         self._notifier = _Notifier()
         self._history: dict[str, DurationHistory] = {}
@@ -208,6 +210,7 @@ class PollingServer:
         *,
         response: StoredResponse | None = None,
         message: str | None = None,
+        known: Operation | None = None,
     ) -> Operation | None:
         """Apply ``event``; None when the operation is gone or already moved on."""
 
@@ -229,11 +232,16 @@ class PollingServer:
             changed = True
             return updated
 
-        after = await update_operation(self.store, operation_id, change)
+        running = self._running.get(operation_id)
+        if known is None and running is not None:
+            known = running.record
+        after = await update_operation(self.store, operation_id, change, known=known)
+        if running is not None and after is not None:
+            running.record = after
         if after is None or not changed:
             return None
         if after.status.is_terminal:
-            self._notifier.notify(operation_id)
+            self._notifier.notify(operation_id, after)
         return after
 
     async def _lose(self, operation_id: str, reason: str) -> None:
@@ -277,7 +285,12 @@ class PollingServer:
                 op, progress=progress, message=message, updated_at=time.time()
             )
 
-        await update_operation(self.store, operation_id, change)
+        running = self._running.get(operation_id)
+        after = await update_operation(
+            self.store, operation_id, change, known=running.record if running else None
+        )
+        if running is not None and after is not None:
+            running.record = after
 
     def interval_for(self, op: Operation, now: float) -> float:
         """The Retry-After the server advertises for ``op`` now."""
@@ -289,6 +302,7 @@ class PollingServer:
             typical_duration=history.mean if history else None,
             queued_ahead=self.executor.waiting,
             concurrency=self.executor.concurrency,
+            load=self.held_polls / self.max_held_polls if self.max_held_polls else 1.0,
         )
         return estimate_interval(work, self.pacing)
 
@@ -301,20 +315,31 @@ class PollingServer:
         return op
 
     async def _hold(self, operation_id: str, seconds: float) -> Operation | None:
-        """Wait until the operation ends or ``seconds`` pass; return a fresh record."""
-        async with self._notifier.listening(operation_id) as finished:
+        """Wait until the operation ends or ``seconds`` pass; return a fresh record.
+
+        At ``max_held_polls`` the server sheds: it answers at once, and the
+        load stretches the Retry-After it advertises.
+        """
+        if self.held_polls >= self.max_held_polls:
+            seconds = 0.0
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Operation | None] = loop.create_future()
+        self._notifier.add(operation_id, waiter)
+        try:
             # Read after listening, so a finish in between cannot be missed.
             op = await self.store.get(operation_id)
             if op is None or op.status.is_terminal or seconds <= 0:
                 return op
             self.held_polls += 1
+            timer = loop.call_later(seconds, _time_out, waiter)
             try:
-                await asyncio.wait_for(finished.wait(), timeout=seconds)
-            except TimeoutError:
-                pass
+                finished = await waiter
             finally:
+                timer.cancel()
                 self.held_polls -= 1
-        return await self.store.get(operation_id)
+        finally:
+            self._notifier.discard(operation_id, waiter)
+        return finished if finished is not None else await self.store.get(operation_id)
 
     def _answer(self, scope: Scope, op: Operation, preferences: Preferences) -> replies.Reply:
         now = time.time()
@@ -392,6 +417,7 @@ class RunningOperation:
     def __init__(self, server: PollingServer, operation: Operation, url: str) -> None:
         self.id = operation.id
         self.url = url
+        self.record = operation  # the latest version this process wrote or read
         self._server = server
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
@@ -553,13 +579,19 @@ class _DeferrableRequest:
             raise _DeferralAborted(replies.body_too_large(limit))
 
         now = time.time()
+        # With a slot free, the operation is born running: one write, not two.
+        immediate = server.executor.has_free_slot()
+        op_id = new_operation_id()
+        if immediate:
+            await self._exit.enter_async_context(server.executor.slot(op_id))
         op = Operation(
-            id=new_operation_id(),
+            id=op_id,
             principal=await server._principal_of(self.scope),
             endpoint=f"{self.scope['method']} {_route_path(self.scope)}",
-            status=OperationStatus.QUEUED,
+            status=OperationStatus.RUNNING if immediate else OperationStatus.QUEUED,
             created_at=now,
             updated_at=now,
+            started_at=now if immediate else None,
         )
         await server.store.create(op)
         running = RunningOperation(server, op, server.operation_url(self.scope, op.id))
@@ -569,10 +601,11 @@ class _DeferrableRequest:
         self.decided.set_result(running)
         # From here on the client has (or is about to get) its redirect; the
         # rest of the endpoint is the operation's work.
-        await self._exit.enter_async_context(server.executor.slot(op.id))
-        if running.cancel_requested:
-            raise asyncio.CancelledError
-        await server._transition(op.id, Event.START)
+        if not immediate:
+            await self._exit.enter_async_context(server.executor.slot(op.id))
+            if running.cancel_requested:
+                raise asyncio.CancelledError
+            await server._transition(op.id, Event.START)
         return running
 
     # --- the child task -------------------------------------------------------------
@@ -708,7 +741,12 @@ class PollingMiddleware:
         server = self.server
         preferences = parse_prefer(_header_values(scope, b"prefer"))
         wait = min(preferences.wait or 0.0, server.pacing.max_hold)
-        op = await server._hold(running.id, wait)
+        op: Operation | None
+        if wait <= 0 and not running.work_done:
+            # The record this process just wrote is the freshest there is.
+            op = running.record
+        else:
+            op = await server._hold(running.id, wait)
         if op is None:  # pragma: no cover - the record was created a moment ago
             await _send_reply(send, replies.not_found())
             return

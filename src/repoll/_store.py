@@ -56,24 +56,33 @@ _MAX_CAS_ATTEMPTS = 64
 
 
 async def update_operation(
-    store: Store, operation_id: str, change: Callable[[Operation], Operation | None]
+    store: Store,
+    operation_id: str,
+    change: Callable[[Operation], Operation | None],
+    *,
+    known: Operation | None = None,
 ) -> Operation | None:
     """Apply ``change`` atomically; returns the stored result.
 
     ``change`` gets the current record and returns the new one, or None to
     leave it alone (in which case the current record is returned). Returns
-    None if the operation does not exist.
+    None if the operation does not exist. ``known`` is the caller's latest
+    copy: the first attempt uses it and saves a read; a stale copy only costs
+    a retry.
     """
+    current = known
     for _ in range(_MAX_CAS_ATTEMPTS):
-        current = await store.get(operation_id)
         if current is None:
-            return None
+            current = await store.get(operation_id)
+            if current is None:
+                return None
         updated = change(current)
         if updated is None:
             return current
         updated = dataclasses.replace(updated, version=current.version + 1)
         if await store.compare_and_set(updated, expected_version=current.version):
             return updated
+        current = None
     msg = f"operation {operation_id}: too many concurrent updates"
     raise RuntimeError(msg)
 

@@ -1,0 +1,1 @@
+"""repoll's benchmark suite: ``python -m bench`` (see docs/performance.md)."""
