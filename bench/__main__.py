@@ -10,6 +10,7 @@ import json
 import platform
 import time
 
+from . import clients as standard_clients
 from . import overhead, polling, scale, throughput
 from ._common import RESULTS, table
 
@@ -19,7 +20,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="a seconds-long version, for CI")
     parser.add_argument(
         "--only",
-        default="polling,throughput,scale,overhead",
+        default="clients,polling,throughput,scale,overhead",
         help="comma-separated benchmarks to run (default: all)",
     )
     args = parser.parse_args()
@@ -27,6 +28,13 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {"python": platform.python_version(), "machine": platform.machine(), "smoke": args.smoke}
     started = time.monotonic()
+
+    if "clients" in chosen:
+        seconds = 1.0 if args.smoke else 5.0
+        print(f"standard clients: one {seconds:g} s job each", flush=True)
+        rows = standard_clients.run(seconds)
+        print(table(rows, standard_clients.COLUMNS) + "\n", flush=True)
+        (RESULTS / "clients.json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
 
     if "polling" in chosen:
         count, clients = (12, 4) if args.smoke else (200, 50)
