@@ -43,3 +43,51 @@ def test_bad_arguments_are_rejected():
     result = repoll("demo", "--seconds", "soon")
     assert result.returncode == 2
     assert "invalid float value" in result.stderr
+
+
+def test_serve_finds_an_app_module_in_the_working_directory(tmp_path):
+    import socket
+    import time
+
+    import httpx
+
+    (tmp_path / "myapp.py").write_text(
+        "import repoll\n"
+        "from fastapi import FastAPI\n"
+        "app = FastAPI()\n"
+        "repoll.install(app, store='memory://')\n"
+        "@app.post('/double')\n"
+        "@repoll.deferred\n"
+        "async def double(n: int) -> dict:\n"
+        "    return {'n': n * 2}\n"
+    )
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "repoll._cli", "serve", "myapp:app", "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                response = httpx.post(
+                    f"http://127.0.0.1:{port}/double",
+                    params={"n": 21},
+                    headers={"prefer": "wait=5"},
+                    timeout=10,
+                )
+                break
+            except httpx.TransportError:
+                assert process.poll() is None, process.stderr.read().decode()
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        assert response.json() == {"n": 42}
+        assert response.headers["operation-status"] == "succeeded"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        process.stderr.close()

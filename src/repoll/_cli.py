@@ -115,6 +115,9 @@ def serve(
     require("uvicorn", "server")
     import uvicorn  # noqa: PLC0415
 
+    # Like uvicorn's own command: MODULE is looked up from the working directory.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     if store:
         os.environ["REPOLL_STORE"] = store
     if concurrency:
