@@ -429,3 +429,51 @@ async def test_held_polls_are_shed_past_the_limit():
         assert [(await t).status_code for t in held] == [200, 200]
         assert server.held_polls == 0
     await server.close()
+
+
+async def test_a_locked_store_answers_503_and_loses_nothing(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "ops.sqlite3"
+    app, server, seen = build_app(store=repoll.SQLiteStore(path, timeout=0.1))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        location = (await c.post("/gated")).headers["location"]
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            busy = await c.post("/gated")
+            assert busy.status_code == 503
+            assert busy.headers["retry-after"] == "1"
+            assert busy.json()["type"] == "urn:repoll:problem:store-unavailable"
+            seen["release"].set()  # the first operation ends while the store is locked
+            await asyncio.sleep(0.5)
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        final = await c.get(location, headers={"prefer": "wait=10"})
+        assert final.status_code == 200
+        assert final.json() == {"gate": "opened"}
+        assert len(await server.store.unfinished()) == 0
+    await server.close()
+
+
+async def test_too_many_operations_get_429_with_retry_after():
+    app, server, seen = build_app(max_operations_per_principal=2, max_operations=3)
+    alice = {"authorization": "Bearer alice"}
+    bob = {"authorization": "Bearer bob"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        for _ in range(2):
+            assert (await c.post("/gated", headers=alice)).status_code == 303
+        refused = await c.post("/gated", headers=alice)
+        assert refused.status_code == 429
+        assert int(refused.headers["retry-after"]) >= 1
+        assert refused.json()["type"] == "urn:repoll:problem:too-many-operations"
+        assert (await c.post("/gated", headers=bob)).status_code == 303
+        overall = await c.post("/gated", headers={"authorization": "Bearer carol"})
+        assert overall.status_code == 429
+        assert len(server.store) == 3  # refused requests created nothing
+        seen["release"].set()
+        await asyncio.sleep(0.2)
+        again = await c.post("/gated", headers=alice)
+        assert again.status_code in {200, 303}
+    await server.close()

@@ -24,6 +24,7 @@ from ._errors import (
     PollingTimeout,
     ProtocolError,
     RepollError,
+    StoreUnavailable,
 )
 from ._executor import Executor, InProcessExecutor
 from ._headers import Preferences, parse_prefer, parse_retry_after, parse_retry_after_ms
@@ -84,6 +85,7 @@ __all__ = [
     "RunningOperation",
     "SQLiteStore",
     "Store",
+    "StoreUnavailable",
     "StoredResponse",
     "current_operation",
     "defer",

@@ -8,6 +8,7 @@ The tree::
     │   ├── InvalidTransition                  an operation cannot move that way
     │   └── CrossOriginError                   a Location on another origin, refused
     ├── NotDeferrableError (also RuntimeError) defer() outside a deferrable request
+    ├── StoreUnavailable                       the store is down or busy (the server answers 503)
     ├── OperationError                         an operation did not give a usable answer
     │   │                                      (also: transient poll failures past max_retries)
     │   ├── OperationNotFound                  404: unknown, foreign or malformed id
@@ -55,6 +56,10 @@ class CrossOriginError(ProtocolError):
 
 class NotDeferrableError(RepollError, RuntimeError):
     """``defer()`` was called where no repoll middleware can defer the request."""
+
+
+class StoreUnavailable(RepollError):
+    """The store could not be reached, or stayed busy past its timeout."""
 
 
 class OperationError(RepollError):

@@ -112,6 +112,26 @@ def body_too_large(limit: int) -> Reply:
     )
 
 
+def store_unavailable(retry_after: float = 1.0) -> Reply:
+    return problem(
+        503,
+        "Service unavailable",
+        "The operation store is busy or unreachable; try again shortly.",
+        kind="store-unavailable",
+        extra_headers=h.retry_after_headers(retry_after).items(),
+    )
+
+
+def too_many_operations(whose: str, retry_after: float) -> Reply:
+    return problem(
+        429,
+        "Too many operations",
+        f"The limit of unfinished operations for {whose} is reached; try again later.",
+        kind="too-many-operations",
+        extra_headers=h.retry_after_headers(retry_after).items(),
+    )
+
+
 def method_not_allowed() -> Reply:
     return problem(
         405,

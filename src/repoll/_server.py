@@ -20,6 +20,7 @@ bytes, time and tasks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import functools
@@ -33,7 +34,7 @@ from contextlib import AsyncExitStack
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
 from . import _replies as replies
-from ._errors import InvalidTransition, NotDeferrableError, OperationCanceled
+from ._errors import InvalidTransition, NotDeferrableError, OperationCanceled, StoreUnavailable
 from ._executor import Executor, InProcessExecutor
 from ._headers import (
     Preferences,
@@ -139,6 +140,8 @@ class PollingServer:
         principal: PrincipalFunction = default_principal,
         shutdown_grace: float = 5.0,
         max_held_polls: int = 10_000,
+        max_operations: int = 10_000,
+        max_operations_per_principal: int = 100,
     ) -> None:
         if store is None:
             store = DEFAULT_STORE_URL
@@ -152,7 +155,10 @@ class PollingServer:
         self.principal = principal
         self.shutdown_grace = shutdown_grace
         self.max_held_polls = max_held_polls
+        self.max_operations = max_operations
+        self.max_operations_per_principal = max_operations_per_principal
         self.held_polls = 0
+        self._active_by_principal: dict[str, int] = {}
         self._notifier = _Notifier()
         self._history: dict[str, DurationHistory] = {}
         self._running: dict[str, RunningOperation] = {}
@@ -397,6 +403,32 @@ class PollingServer:
         op = await self._hold(op.id, 1.0) or op
         return replies.status_only(op, status=200 if op.status.is_terminal else 202)
 
+    def admit(self, principal: str) -> replies.Reply | None:
+        """None if one more operation may start for ``principal``, else the 429 to send."""
+        if len(self._running) >= self.max_operations:
+            scope_text = "the server"
+        elif self._active_by_principal.get(principal, 0) >= self.max_operations_per_principal:
+            scope_text = "one client"
+        else:
+            return None
+        typical = [hist.mean for hist in self._history.values() if hist.mean is not None]
+        wait = min(max(min(typical, default=self.pacing.default_interval), 1.0), 60.0)
+        return replies.too_many_operations(scope_text, wait)
+
+    def _track(self, running: RunningOperation, principal: str) -> None:
+        self._running[running.id] = running
+        self._active_by_principal[principal] = self._active_by_principal.get(principal, 0) + 1
+
+    def _untrack(self, running: RunningOperation) -> None:
+        if self._running.pop(running.id, None) is None:
+            return
+        principal = running.record.principal
+        left = self._active_by_principal.get(principal, 1) - 1
+        if left:
+            self._active_by_principal[principal] = left
+        else:
+            self._active_by_principal.pop(principal, None)
+
     async def _maybe_purge(self) -> None:
         now = time.time()
         if now - self._last_purge < 60.0:
@@ -485,6 +517,9 @@ _current_request: contextvars.ContextVar[_DeferrableRequest | None] = contextvar
 _current_operation: contextvars.ContextVar[RunningOperation | None] = contextvars.ContextVar(
     "repoll_operation", default=None
 )
+
+
+_SETTLE_RETRY_PAUSES = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 
 
 class _DeferralAborted(Exception):
@@ -578,6 +613,10 @@ class _DeferrableRequest:
         if self._body_size > limit:
             raise _DeferralAborted(replies.body_too_large(limit))
 
+        principal = await server._principal_of(self.scope)
+        refusal = server.admit(principal)
+        if refusal is not None:
+            raise _DeferralAborted(refusal)
         now = time.time()
         # With a slot free, the operation is born running: one write, not two.
         immediate = server.executor.has_free_slot()
@@ -586,17 +625,21 @@ class _DeferrableRequest:
             await self._exit.enter_async_context(server.executor.slot(op_id))
         op = Operation(
             id=op_id,
-            principal=await server._principal_of(self.scope),
+            principal=principal,
             endpoint=f"{self.scope['method']} {_route_path(self.scope)}",
             status=OperationStatus.RUNNING if immediate else OperationStatus.QUEUED,
             created_at=now,
             updated_at=now,
             started_at=now if immediate else None,
         )
-        await server.store.create(op)
+        try:
+            await server.store.create(op)
+        except StoreUnavailable:
+            logger.warning("store unavailable: request not deferred", exc_info=True)
+            raise _DeferralAborted(replies.store_unavailable()) from None
         running = RunningOperation(server, op, server.operation_url(self.scope, op.id))
         self.running = running
-        server._running[op.id] = running
+        server._track(running, principal)
         _current_operation.set(running)
         self.decided.set_result(running)
         # From here on the client has (or is about to get) its redirect; the
@@ -636,12 +679,26 @@ class _DeferrableRequest:
         server = self.server
         try:
             await self._exit.aclose()  # frees the executor slot
-            if interrupted is None:
-                await server._finish(running, self._captured_response())
-            else:
-                await server._end_interrupted(running, interrupted)
+            response = self._captured_response() if interrupted is None else None
+            # The outcome must reach the store: a busy or briefly unreachable
+            # store is retried, with growing pauses, for about a minute.
+            for pause in (*_SETTLE_RETRY_PAUSES, None):
+                try:
+                    if response is not None:
+                        await server._finish(running, response)
+                    else:
+                        await server._end_interrupted(running, interrupted)  # type: ignore[arg-type]
+                    break
+                except StoreUnavailable:
+                    if pause is None:
+                        logger.exception(
+                            "operation %s: outcome lost, store unavailable", running.id
+                        )
+                        raise
+                    logger.warning("operation %s: store unavailable, retrying", running.id)
+                    await asyncio.sleep(pause)
         finally:
-            server._running.pop(running.id, None)
+            server._untrack(running)
 
     def _captured_response(self) -> StoredResponse:
         if self._captured_status is None or not self._captured_complete:
@@ -695,7 +752,12 @@ class PollingMiddleware:
             await self.app(scope, receive, send)
             return
         server = self.server
-        await server.open()
+        try:
+            await server.open()
+        except StoreUnavailable:
+            logger.warning("store unavailable while opening", exc_info=True)
+            await _send_reply(send, replies.store_unavailable())
+            return
         path: str = scope["path"]
         root = scope.get("root_path", "")
         if root and path.startswith(root):
@@ -708,14 +770,19 @@ class PollingMiddleware:
     async def _operation(self, scope: Scope, send: Send, operation_id: str) -> None:
         server = self.server
         method = scope["method"]
-        if method in {"GET", "HEAD"}:
-            reply = await server.status_reply(scope, operation_id)
-        elif method == "DELETE":
-            reply = await server.cancel_reply(scope, operation_id)
-        else:
-            reply = replies.method_not_allowed()
+        try:
+            if method in {"GET", "HEAD"}:
+                reply = await server.status_reply(scope, operation_id)
+            elif method == "DELETE":
+                reply = await server.cancel_reply(scope, operation_id)
+            else:
+                reply = replies.method_not_allowed()
+        except StoreUnavailable:
+            logger.warning("store unavailable", exc_info=True)
+            reply = replies.store_unavailable()
         await _send_reply(send, reply, head=method == "HEAD")
-        await server._maybe_purge()
+        with contextlib.suppress(StoreUnavailable):
+            await server._maybe_purge()
 
     async def _request(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = _DeferrableRequest(self.server, scope, receive, send)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ._errors import StoreUnavailable
 from ._model import Operation, StoredResponse
 from ._status import OperationStatus
 
@@ -203,7 +204,11 @@ class SQLiteStore:
         if self._worker is None:
             msg = "SQLiteStore used before open()"
             raise RuntimeError(msg)
-        return await self._worker.submit(fn)
+        try:
+            return await self._worker.submit(fn)
+        except sqlite3.OperationalError as exc:  # locked, busy, disk I/O, cannot open
+            msg = f"SQLite store {self.path}: {exc}"
+            raise StoreUnavailable(msg) from exc
 
     async def open(self) -> None:
         if self._worker is not None:
