@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 
 from repoll import MemoryStore, OperationStatus, SQLiteStore, Store, StoredResponse
+from repoll._errors import DuplicateOperation
 from repoll._headers import new_operation_id
 from repoll._model import Operation
 from repoll._status import Event
@@ -171,3 +172,33 @@ def test_store_urls(tmp_path):
     assert store_from_url("sqlite:///rel.db").path == "rel.db"
     with pytest.raises(ValueError, match="unsupported store URL"):
         store_from_url("mongodb://x")
+
+
+async def test_idempotency_keys_are_unique_and_found(store):
+    first = new_operation(idempotency_key="key-digest", request_digest="r1")
+    await store.create(first)
+    assert (await store.find_by_idempotency_key("key-digest")).id == first.id
+    assert await store.find_by_idempotency_key("other") is None
+    with pytest.raises(DuplicateOperation) as caught:
+        await store.create(new_operation(idempotency_key="key-digest"))
+    assert caught.value.existing_id == first.id
+    await store.create(new_operation())  # no key: no constraint
+
+
+async def test_racing_creates_with_one_key_let_exactly_one_in(store):
+    ops = [new_operation(idempotency_key="race") for _ in range(10)]
+    results = await asyncio.gather(*(store.create(op) for op in ops), return_exceptions=True)
+    winners = [op for op, result in zip(ops, results, strict=True) if result is None]
+    assert len(winners) == 1
+    assert all(isinstance(r, DuplicateOperation) for r in results if r is not None)
+    assert (await store.find_by_idempotency_key("race")).id == winners[0].id
+
+
+async def test_a_purged_operation_frees_its_key(store):
+    op = new_operation(
+        status=OperationStatus.SUCCEEDED, expires_at=NOW - 1000, idempotency_key="old"
+    )
+    await store.create(op)
+    await store.purge(now=NOW, tombstone=100)
+    assert await store.find_by_idempotency_key("old") is None
+    await store.create(new_operation(idempotency_key="old"))

@@ -9,6 +9,7 @@ The tree::
     │   └── CrossOriginError                   a Location on another origin, refused
     ├── NotDeferrableError (also RuntimeError) defer() outside a deferrable request
     ├── StoreUnavailable                       the store is down or busy (the server answers 503)
+    ├── DuplicateOperation                     a store refused a taken idempotency key
     ├── OperationError                         an operation did not give a usable answer
     │   │                                      (also: transient poll failures past max_retries)
     │   ├── OperationNotFound                  404: unknown, foreign or malformed id
@@ -56,6 +57,14 @@ class CrossOriginError(ProtocolError):
 
 class NotDeferrableError(RepollError, RuntimeError):
     """``defer()`` was called where no repoll middleware can defer the request."""
+
+
+class DuplicateOperation(RepollError):
+    """A store refused a new operation whose idempotency key is already taken."""
+
+    def __init__(self, existing_id: str) -> None:
+        self.existing_id = existing_id
+        super().__init__(f"the idempotency key belongs to operation {existing_id}")
 
 
 class StoreUnavailable(RepollError):

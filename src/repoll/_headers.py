@@ -10,6 +10,7 @@ not crash on a malformed ``Retry-After``.
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import json
 import math
 import re
@@ -145,6 +146,53 @@ def format_prefer(*, respond_async: bool = False, wait: float | None = None) -> 
     if wait is not None:
         parts.append(f"wait={max(math.floor(wait), 0)}")
     return ", ".join(parts) or None
+
+
+# --- Idempotency-Key (IETF httpapi draft) ------------------------------------
+
+IDEMPOTENCY_KEY: Final = "idempotency-key"
+_MAX_KEY_LENGTH: Final = 255
+# The draft makes the value a Structured Field String ("..."); a bare token is
+# accepted too, because many clients send one. Printable ASCII only.
+_KEY_RE: Final = re.compile(r'"((?:[ !#-\[\]-~]|\\["\\])+)"|([!#-~]+)')
+
+
+class InvalidIdempotencyKey(ValueError):
+    """An ``Idempotency-Key`` value that is empty, too long or not printable ASCII."""
+
+
+def parse_idempotency_key(values: Iterable[str]) -> str | None:
+    """The key from ``Idempotency-Key`` fields: None when absent.
+
+    Raises :class:`InvalidIdempotencyKey` when present but malformed, or sent
+    more than once with different values.
+    """
+    keys = set()
+    for value in values:
+        match = _KEY_RE.fullmatch(value.strip())
+        if match is None:
+            msg = "Idempotency-Key must be a quoted string or a token of printable ASCII"
+            raise InvalidIdempotencyKey(msg)
+        quoted, bare = match.groups()
+        key = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else bare
+        if len(key) > _MAX_KEY_LENGTH:
+            msg = f"Idempotency-Key may be at most {_MAX_KEY_LENGTH} characters"
+            raise InvalidIdempotencyKey(msg)
+        keys.add(key)
+    if len(keys) > 1:
+        msg = "Idempotency-Key was sent more than once with different values"
+        raise InvalidIdempotencyKey(msg)
+    return keys.pop() if keys else None
+
+
+def digest(*parts: bytes | str) -> str:
+    """A SHA-256 hex digest of ``parts``, unambiguously separated."""
+    hasher = hashlib.sha256()
+    for part in parts:
+        data = part.encode() if isinstance(part, str) else part
+        hasher.update(len(data).to_bytes(8, "big"))
+        hasher.update(data)
+    return hasher.hexdigest()
 
 
 # --- Problem details (RFC 9457) --------------------------------------------

@@ -54,6 +54,10 @@ class Operation:
     cancel_requested: bool = False
     response: StoredResponse | None = None
     version: int = 0
+    # Digest of (principal, Idempotency-Key), unique among stored operations,
+    # and digest of the request it came with (method, target, body).
+    idempotency_key: str | None = None
+    request_digest: str | None = None
 
     def apply(
         self,

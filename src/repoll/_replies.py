@@ -132,6 +132,19 @@ def too_many_operations(whose: str, retry_after: float) -> Reply:
     )
 
 
+def bad_idempotency_key(detail: str) -> Reply:
+    return problem(400, "Invalid Idempotency-Key", detail, kind="invalid-idempotency-key")
+
+
+def idempotency_key_reused() -> Reply:
+    return problem(
+        422,
+        "Idempotency-Key reused",
+        "This key was used with a different request; use a new key for a new request.",
+        kind="idempotency-key-reused",
+    )
+
+
 def method_not_allowed() -> Reply:
     return problem(
         405,

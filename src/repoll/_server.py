@@ -34,12 +34,22 @@ from contextlib import AsyncExitStack
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
 from . import _replies as replies
-from ._errors import InvalidTransition, NotDeferrableError, OperationCanceled, StoreUnavailable
+from ._errors import (
+    DuplicateOperation,
+    InvalidTransition,
+    NotDeferrableError,
+    OperationCanceled,
+    StoreUnavailable,
+)
 from ._executor import Executor, InProcessExecutor
 from ._headers import (
+    IDEMPOTENCY_KEY,
+    InvalidIdempotencyKey,
     Preferences,
+    digest,
     is_valid_operation_id,
     new_operation_id,
+    parse_idempotency_key,
     parse_prefer,
 )
 from ._model import Operation, StoredResponse, clamp_progress
@@ -539,6 +549,9 @@ class _DeferrableRequest:
         self._receive = receive
         self._send = send
         self._replay: list[bytes] = []
+        # The body itself is kept only when an idempotency key needs its digest.
+        self._key_values = list(_header_values(scope, IDEMPOTENCY_KEY.encode()))
+        self._body: list[bytes] | None = [] if self._key_values else None
         self._body_size = 0
         self._body_complete = False
         self._response_started = False
@@ -587,7 +600,10 @@ class _DeferrableRequest:
                 self._captured_complete = True
 
     def _count_body(self, message: Message) -> None:
-        self._body_size += len(message.get("body", b""))
+        chunk = message.get("body", b"")
+        self._body_size += len(chunk)
+        if self._body is not None and self._body_size <= self.server.max_body_size:
+            self._body.append(bytes(chunk))
         if not message.get("more_body", False):
             self._body_complete = True
 
@@ -614,6 +630,7 @@ class _DeferrableRequest:
             raise _DeferralAborted(replies.body_too_large(limit))
 
         principal = await server._principal_of(self.scope)
+        key_digest, request_digest = await self._check_idempotency(principal)
         refusal = server.admit(principal)
         if refusal is not None:
             raise _DeferralAborted(refusal)
@@ -631,9 +648,15 @@ class _DeferrableRequest:
             created_at=now,
             updated_at=now,
             started_at=now if immediate else None,
+            idempotency_key=key_digest,
+            request_digest=request_digest,
         )
         try:
             await server.store.create(op)
+        except DuplicateOperation as duplicate:
+            # A concurrent twin won the race for the key: answer as it would.
+            existing = await server.store.get(duplicate.existing_id)
+            raise _DeferralAborted(self._duplicate_reply(existing, request_digest)) from None
         except StoreUnavailable:
             logger.warning("store unavailable: request not deferred", exc_info=True)
             raise _DeferralAborted(replies.store_unavailable()) from None
@@ -650,6 +673,37 @@ class _DeferrableRequest:
                 raise asyncio.CancelledError
             await server._transition(op.id, Event.START)
         return running
+
+    async def _check_idempotency(self, principal: str) -> tuple[str | None, str | None]:
+        """Digests of (principal, key) and of the request; raises to answer a repeat."""
+        try:
+            key = parse_idempotency_key(self._key_values)
+        except InvalidIdempotencyKey as exc:
+            raise _DeferralAborted(replies.bad_idempotency_key(str(exc))) from None
+        if key is None:
+            return None, None
+        scope = self.scope
+        key_digest = digest("idempotency-key", principal, key)
+        request_digest = digest(
+            scope["method"],
+            scope["path"],
+            scope.get("query_string", b""),
+            b"".join(self._body or ()),
+        )
+        existing = await self.server.store.find_by_idempotency_key(key_digest)
+        if existing is not None:
+            raise _DeferralAborted(self._duplicate_reply(existing, request_digest))
+        return key_digest, request_digest
+
+    def _duplicate_reply(
+        self, existing: Operation | None, request_digest: str | None
+    ) -> replies.Reply:
+        if existing is None:  # purged between the two reads
+            return replies.store_unavailable()
+        if existing.request_digest != request_digest:
+            return replies.idempotency_key_reused()
+        preferences = parse_prefer(_header_values(self.scope, b"prefer"))
+        return self.server._answer(self.scope, existing, preferences)
 
     # --- the child task -------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ._errors import StoreUnavailable
+from ._errors import DuplicateOperation, StoreUnavailable
 from ._model import Operation, StoredResponse
 from ._status import OperationStatus
 
@@ -31,13 +31,18 @@ CREATE TABLE IF NOT EXISTS repoll_operations (
     status TEXT NOT NULL,
     expires_at REAL,
     record TEXT NOT NULL,
-    response BLOB
+    response BLOB,
+    idempotency_key TEXT
 );
 CREATE INDEX IF NOT EXISTS repoll_operations_expires
     ON repoll_operations (expires_at) WHERE expires_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS repoll_operations_unfinished
     ON repoll_operations (status) WHERE status IN ('queued', 'running');
+CREATE UNIQUE INDEX IF NOT EXISTS repoll_operations_idempotency_key
+    ON repoll_operations (idempotency_key) WHERE idempotency_key IS NOT NULL;
 """
+_COLUMNS = "id, version, status, expires_at, record, response, idempotency_key"
+_INSERT = f"INSERT INTO repoll_operations ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
 
 _RECORD_FIELDS = (
     "principal",
@@ -49,6 +54,7 @@ _RECORD_FIELDS = (
     "progress",
     "message",
     "cancel_requested",
+    "request_digest",
 )
 
 
@@ -65,11 +71,12 @@ def _encode(op: Operation) -> tuple[Any, ...]:
         op.expires_at,
         json.dumps(record, separators=(",", ":")),
         response,
+        op.idempotency_key,
     )
 
 
 def _decode(row: tuple[Any, ...]) -> Operation:
-    op_id, version, status, expires_at, record_json, body = row
+    op_id, version, status, expires_at, record_json, body, idempotency_key = row
     record = json.loads(record_json)
     meta = record.pop("response_meta", None)
     response = None
@@ -82,6 +89,7 @@ def _decode(row: tuple[Any, ...]) -> Operation:
         status=OperationStatus(status),
         expires_at=expires_at,
         response=response,
+        idempotency_key=idempotency_key,
         **record,
     )
 
@@ -232,8 +240,15 @@ class SQLiteStore:
 
         def insert(c: sqlite3.Connection) -> None:
             try:
-                c.execute("INSERT INTO repoll_operations VALUES (?, ?, ?, ?, ?, ?)", row)
+                c.execute(_INSERT, row)
             except sqlite3.IntegrityError as exc:
+                key = operation.idempotency_key
+                if key is not None:
+                    taken = c.execute(
+                        "SELECT id FROM repoll_operations WHERE idempotency_key = ?", (key,)
+                    ).fetchone()
+                    if taken is not None:
+                        raise DuplicateOperation(taken[0]) from exc
                 msg = f"duplicate operation id {operation.id}"
                 raise ValueError(msg) from exc
 
@@ -253,8 +268,7 @@ class SQLiteStore:
 
         def select(c: sqlite3.Connection) -> tuple[Any, ...] | None:
             cursor = c.execute(
-                "SELECT id, version, status, expires_at, record, response "
-                "FROM repoll_operations WHERE id = ?",
+                f"SELECT {_COLUMNS} FROM repoll_operations WHERE id = ?",  # noqa: S608
                 (operation_id,),
             )
             row: tuple[Any, ...] | None = cursor.fetchone()
@@ -267,8 +281,19 @@ class SQLiteStore:
         self._remember(operation)
         return operation
 
+    async def find_by_idempotency_key(self, key: str) -> Operation | None:
+        def select(c: sqlite3.Connection) -> tuple[Any, ...] | None:
+            row: tuple[Any, ...] | None = c.execute(
+                f"SELECT {_COLUMNS} FROM repoll_operations WHERE idempotency_key = ?",  # noqa: S608
+                (key,),
+            ).fetchone()
+            return row
+
+        row = await self._run(select)
+        return None if row is None else _decode(row)
+
     async def compare_and_set(self, operation: Operation, *, expected_version: int) -> bool:
-        op_id, version, status, expires_at, record, response = _encode(operation)
+        op_id, version, status, expires_at, record, response, _ = _encode(operation)
 
         def update(c: sqlite3.Connection) -> bool:
             cursor = c.execute(
@@ -286,8 +311,8 @@ class SQLiteStore:
     async def unfinished(self) -> list[Operation]:
         def select(c: sqlite3.Connection) -> list[tuple[Any, ...]]:
             return c.execute(
-                "SELECT id, version, status, expires_at, record, response "
-                "FROM repoll_operations WHERE status IN ('queued', 'running')"
+                f"SELECT {_COLUMNS} FROM repoll_operations "  # noqa: S608
+                "WHERE status IN ('queued', 'running')"
             ).fetchall()
 
         return [_decode(row) for row in await self._run(select)]

@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
+from ._errors import DuplicateOperation
 from ._model import Operation
 
 
@@ -27,7 +28,15 @@ class Store(Protocol):
         """Release connections. The store may be opened again."""
 
     async def create(self, operation: Operation) -> None:
-        """Insert a new record (its id is fresh; version 0)."""
+        """Insert a new record (its id is fresh; version 0).
+
+        Raises :class:`~repoll.DuplicateOperation` when another stored record
+        has the same ``idempotency_key`` (atomically: of two racing creates
+        with one key, exactly one succeeds).
+        """
+
+    async def find_by_idempotency_key(self, key: str) -> Operation | None:
+        """The stored record with this ``idempotency_key``, if any."""
 
     async def get(self, operation_id: str) -> Operation | None:
         """The record, or None if unknown (or purged)."""
@@ -92,6 +101,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._records: dict[str, Operation] = {}
+        self._by_key: dict[str, str] = {}
 
     async def open(self) -> None:
         return None
@@ -103,7 +113,16 @@ class MemoryStore:
         if operation.id in self._records:
             msg = f"duplicate operation id {operation.id}"
             raise ValueError(msg)
+        key = operation.idempotency_key
+        if key is not None:
+            if key in self._by_key:
+                raise DuplicateOperation(self._by_key[key])
+            self._by_key[key] = operation.id
         self._records[operation.id] = operation
+
+    async def find_by_idempotency_key(self, key: str) -> Operation | None:
+        op_id = self._by_key.get(key)
+        return None if op_id is None else self._records.get(op_id)
 
     async def get(self, operation_id: str) -> Operation | None:
         return self._records.get(operation_id)
@@ -125,6 +144,8 @@ class MemoryStore:
                 continue
             if op.expires_at + tombstone <= now:
                 del self._records[op_id]
+                if op.idempotency_key is not None:
+                    self._by_key.pop(op.idempotency_key, None)
                 deleted += 1
             elif op.response is not None:
                 self._records[op_id] = dataclasses.replace(op, response=None)
