@@ -83,6 +83,8 @@ async def held_polls(count: int, store: str) -> dict[str, object]:
         store=store,
         executor=repoll.InProcessExecutor(concurrency=count),
         max_held_polls=count,
+        max_operations=count,
+        max_operations_per_principal=count,
     )
     locations = [_location(await _call(app, "POST", "/gated")) for _ in range(count)]
 
