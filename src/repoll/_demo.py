@@ -66,7 +66,10 @@ def create_app(store: Any = None, **options: Any) -> FastAPI:
             "title": "Invalid request",
             "status": 422,
             "detail": "The request body does not match the endpoint's schema.",
-            "errors": jsonable_encoder(exc.errors()),
+            # A body that is not UTF-8 comes back in the errors as bytes.
+            "errors": jsonable_encoder(
+                exc.errors(), custom_encoder={bytes: lambda b: b.decode("utf-8", "replace")}
+            ),
         }
         return JSONResponse(problem, status_code=422, media_type=PROBLEM_JSON)
 
