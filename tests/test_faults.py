@@ -60,7 +60,8 @@ def _post_and_leave(url: str, body: bytes) -> str:
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(
             b"POST /start_work HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-            + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
         )
         head = sock.recv(65536).decode("latin-1")
     # The connection is closed here, right after the redirect.
