@@ -306,3 +306,42 @@ def test_a_body_that_never_completes_is_a_timeout_not_a_hang():
     assert time.monotonic() - started < 10
     stop.set()
     listener.close()
+
+
+def test_handle_wait_retries_transient_failures_and_reads_progress():
+    transport = scripted(
+        httpx.Response(
+            202,
+            headers={
+                "location": "/operations/abc",
+                "retry-after": "1",
+                "operation-status": "running",
+            },
+            json={"id": "abc", "status": "running", "progress": 0.5, "message": "half"},
+        ),
+        httpx.ConnectError("blip"),
+        final(made="handle"),
+    )
+    with httpx.Client(transport=transport, base_url="http://api.test") as client:
+        handle = repoll.OperationHandle.start(client, "POST", "/start")
+        assert handle.status is repoll.OperationStatus.RUNNING
+        assert (handle.progress, handle.message) == (0.5, "half")
+        assert handle.url == "http://api.test/operations/abc"
+        assert handle.result().json() == {"made": "handle"}
+        assert handle.status is repoll.OperationStatus.SUCCEEDED
+
+
+def test_handle_never_sends_the_clients_auth_to_another_origin():
+    seen = []
+    transport = scripted(
+        pending(location="http://other.test/op", retry_after="1"), final(), seen=seen
+    )
+    options = PollOptions(allow_cross_origin=True)
+    with httpx.Client(transport=transport, auth=("user", "secret")) as client:
+        handle = repoll.OperationHandle.start(
+            client, "POST", "http://api.test/start", options=options
+        )
+        handle.wait()
+    assert "authorization" in seen[0].headers
+    assert str(seen[-1].url) == "http://other.test/op"
+    assert "authorization" not in seen[-1].headers

@@ -337,3 +337,10 @@ def test_problem_replies_are_problem_json():
         doc = json.loads(reply.body)
         assert doc["status"] == reply.status
         assert doc["type"].startswith("urn:repoll:problem:")
+
+
+@given(st.text(max_size=40))
+def test_id_validation_never_raises(value):
+    assert h.is_valid_operation_id(value) in {True, False}
+    if h.is_valid_operation_id(value):
+        assert len(value) == 22

@@ -477,3 +477,57 @@ async def test_too_many_operations_get_429_with_retry_after():
         again = await c.post("/gated", headers=alice)
         assert again.status_code in {200, 303}
     await server.close()
+
+
+async def test_a_response_over_the_stored_limit_fails_cleanly():
+    app, server, _ = build_app(max_response_size=1000)
+
+    @app.post("/big")
+    @repoll.deferred
+    async def big() -> dict:
+        return {"blob": "x" * 5000}
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        response = await c.post("/big", headers={"prefer": "wait=5"})
+        assert response.status_code == 500
+        assert response.headers["operation-status"] == "failed"
+        assert response.json()["type"] == "urn:repoll:problem:response-too-large"
+        small = await c.post("/jobs", json={"seconds": 0}, headers={"prefer": "wait=5"})
+        assert small.status_code == 201  # the server is fine
+    await server.close()
+
+
+async def test_no_principal_can_reach_another_principals_operations():
+    app, server, seen = build_app(max_operations_per_principal=1000)
+    principals = [
+        {},
+        {"authorization": "Bearer alice"},
+        {"authorization": "Bearer bob"},
+        {"cookie": "session=alice"},
+        {"cookie": "session=bob"},
+        {"authorization": "Bearer alice", "cookie": "session=bob"},
+    ]
+    attempts = leaks = 0
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        owned = [(await c.post("/gated", headers=p)).headers["location"] for p in principals]
+        for owner, location in enumerate(owned):
+            for other, headers in enumerate(principals):
+                if other == owner:
+                    continue
+                for method, extra in (
+                    ("GET", {"prefer": "wait=0"}),
+                    ("GET", {"prefer": "respond-async, wait=1"}),
+                    ("HEAD", {}),
+                    ("DELETE", {}),
+                ):
+                    response = await c.request(method, location, headers={**headers, **extra})
+                    attempts += 1
+                    leaks += response.status_code != 404 or "operation-status" in response.headers
+        # Nothing was canceled by the intruders' DELETEs.
+        for owner, location in enumerate(owned):
+            own = await c.get(location, headers={**principals[owner], "prefer": "wait=0"})
+            assert own.headers["operation-status"] == "running"
+        seen["release"].set()
+    await server.close()
+    assert attempts == 6 * 5 * 4
+    assert leaks == 0

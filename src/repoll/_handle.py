@@ -6,6 +6,10 @@ URL is the resume token. Handles send their requests through the given
 client (its auth, cookies, timeouts and base URL apply) with the
 ``repoll.passthrough`` extension, so a client built on a polling transport
 does not block them.
+
+Each method is written once, as a generator that yields what to send (or how
+long to sleep) and receives the response, like httpx's ``Auth.auth_flow``;
+:class:`OperationHandle` and :class:`AsyncOperationHandle` only drive it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+from collections.abc import Generator
+from typing import Any, TypeVar
 
 from ._errors import require
 
@@ -21,6 +27,7 @@ require("httpx", "client")
 import httpx  # noqa: E402 - after the extra check, for its clear message
 
 from . import _headers as h  # noqa: E402
+from . import _testing  # noqa: E402
 from ._errors import (  # noqa: E402
     OperationCanceled,
     OperationExpired,
@@ -30,24 +37,40 @@ from ._errors import (  # noqa: E402
 from ._httpx import CREDENTIAL_HEADERS, PASSTHROUGH_EXTENSION, observe, observe_error  # noqa: E402
 from ._poll import (  # noqa: E402
     Observed,
-    Poll,
     PollOptions,
+    Sleep,
     hop_of,
     is_polling_response,
     poll_flow,
     same_origin,
 )
-from ._runners import Flow, adrive, drive  # noqa: E402
 from ._status import OperationStatus  # noqa: E402
 
+T = TypeVar("T")
 _PASSTHROUGH = {PASSTHROUGH_EXTENSION: True}
 
 
-class _HandleState:
-    """What sync and async handles share: the state, and reading responses into it."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Send:
+    """Send ``request``; with ``tolerant``, a transport error comes back instead of raising."""
 
-    def __init__(self, url: str, options: PollOptions | None) -> None:
-        self.url = url
+    request: httpx.Request
+    auth: Any = httpx.USE_CLIENT_DEFAULT
+    tolerant: bool = False
+
+
+Reply = httpx.Response | httpx.TransportError | None
+Steps = Generator[_Send | Sleep, Reply, T]
+
+
+class _Handle:
+    """The state of one operation and the flows that move it; no I/O."""
+
+    def __init__(
+        self, client: httpx.Client | httpx.AsyncClient, url: str, options: PollOptions | None
+    ) -> None:
+        self._client = client
+        self.url = str(client.build_request("GET", url).url)
         self.options = options or PollOptions()
         self.status: OperationStatus | None = None
         self.progress: float | None = None
@@ -55,11 +78,13 @@ class _HandleState:
         self.response: httpx.Response | None = None  # the last response seen
         self.done = False
         self._last: Observed | None = None
-        self._origin = url
+        self._origin = self.url
 
     def __repr__(self) -> str:
         status = self.status.value if self.status else "unknown"
         return f"<{type(self).__name__} {self.url} {status}>"
+
+    # --- reading responses ------------------------------------------------------
 
     def _absorb(self, response: httpx.Response, observed: Observed) -> None:
         self.response = response
@@ -79,39 +104,6 @@ class _HandleState:
             self.done = True
             if self.status is OperationStatus.SUCCEEDED:
                 self.progress = 1.0
-
-    def _poll_request(self, client: httpx.Client | httpx.AsyncClient, poll: Poll) -> httpx.Request:
-        request = client.build_request("GET", poll.url, headers=dict(poll.headers))
-        if not same_origin(str(request.url), self._origin):
-            for name in CREDENTIAL_HEADERS:  # defence in depth: the flow refuses by default
-                request.headers.pop(name, None)
-        request.extensions.update(_PASSTHROUGH)
-        return request
-
-    def _status_request(
-        self, client: httpx.Client | httpx.AsyncClient, method: str
-    ) -> httpx.Request:
-        prefer = h.format_prefer(respond_async=True, wait=0)
-        request = client.build_request(method, self.url, headers={h.PREFER: prefer or ""})
-        request.extensions.update(_PASSTHROUGH)
-        return request
-
-    def _flow(self, timeout: float | None) -> Flow:
-        assert self._last is not None
-        options = self.options
-        if timeout is not None:
-            options = dataclasses.replace(options, deadline=timeout)
-        # The deadline counts from now, not from when the last response came.
-        first = dataclasses.replace(self._last, at=time.monotonic())
-        return poll_flow(first, options, wall_clock=time.time)
-
-    def _auth_for(
-        self, request: httpx.Request
-    ) -> httpx.Auth | httpx._client.UseClientDefault | None:
-        # The client's auth goes only to the operation's own origin.
-        if same_origin(str(request.url), self._origin):
-            return httpx.USE_CLIENT_DEFAULT
-        return None
 
     def _outcome(self) -> httpx.Response:
         """The final response, or the exception that its outcome calls for."""
@@ -133,15 +125,119 @@ class _HandleState:
                 raise OperationExpired(msg, operation_url=url)
         return response
 
+    # --- flows --------------------------------------------------------------------
 
-class OperationHandle(_HandleState):
+    def _status_request(self, method: str) -> httpx.Request:
+        prefer = h.format_prefer(respond_async=True, wait=0) or ""
+        request = self._client.build_request(method, self.url, headers={h.PREFER: prefer})
+        request.extensions.update(_PASSTHROUGH)
+        return request
+
+    def _start_flow(self, method: str, url: str, request: dict[str, Any]) -> Steps[None]:
+        built = self._client.build_request(method, url, **request)
+        built.headers.setdefault(h.PREFER, "respond-async")
+        built.extensions.update(_PASSTHROUGH)
+        response = yield _Send(built)
+        assert isinstance(response, httpx.Response)
+        self._absorb(response, observe(response, built, response.content))
+        if self.done:
+            location = response.headers.get("content-location", self.url)
+            self.url = str(built.url.join(location))
+
+    def _poll_flow(self) -> Steps[OperationStatus | None]:
+        if self.done:
+            return self.status
+        request = self._status_request("GET")
+        response = yield _Send(request)
+        assert isinstance(response, httpx.Response)
+        self._absorb(response, observe(response, request, response.content))
+        return self.status
+
+    def _wait_flow(self, timeout: float | None) -> Steps[httpx.Response]:
+        if self._last is None:
+            yield from self._poll_flow()
+        if not self.done:
+            assert self._last is not None
+            options = self.options
+            if timeout is not None:
+                options = dataclasses.replace(options, deadline=timeout)
+            # The deadline counts from now, not from when the last response came.
+            first = dataclasses.replace(self._last, at=time.monotonic())
+            flow = poll_flow(first, options, wall_clock=time.time)
+            try:
+                action = next(flow)
+                while True:
+                    if isinstance(action, Sleep):
+                        yield action
+                        action = flow.send(None)
+                        continue
+                    request = self._client.build_request(
+                        "GET", action.url, headers=dict(action.headers)
+                    )
+                    request.extensions.update(_PASSTHROUGH)
+                    auth: Any = httpx.USE_CLIENT_DEFAULT
+                    if not same_origin(str(request.url), self._origin):
+                        # Never the client's credentials to another origin
+                        # (the flow refuses one unless allowed).
+                        auth = None
+                        for name in CREDENTIAL_HEADERS:
+                            request.headers.pop(name, None)
+                    reply = yield _Send(request, auth, tolerant=True)
+                    if isinstance(reply, httpx.TransportError):
+                        action = flow.send(observe_error(reply, request))
+                        continue
+                    assert isinstance(reply, httpx.Response)
+                    observed = observe(reply, request, reply.content)
+                    self._absorb(reply, observed)
+                    action = flow.send(observed)
+            except StopIteration:
+                pass
+        assert self.response is not None
+        return self.response
+
+    def _cancel_flow(self) -> Steps[OperationStatus | None]:
+        request = self._status_request("DELETE")
+        response = yield _Send(request)
+        assert isinstance(response, httpx.Response)
+        if response.status_code in (200, 202):
+            value = response.headers.get(h.OPERATION_STATUS)
+            self.status = OperationStatus(value) if value else self.status
+            self._last = None  # the next wait() polls afresh
+            self.done = False
+        else:
+            self._absorb(response, observe(response, request, response.content))
+        return self.status
+
+
+class OperationHandle(_Handle):
     """A deferred request you poll yourself (blocking). See :meth:`start` and :meth:`resume`."""
+
+    _client: httpx.Client
 
     def __init__(
         self, client: httpx.Client, url: str, *, options: PollOptions | None = None
     ) -> None:
-        super().__init__(str(client.build_request("GET", url).url), options)
-        self._client = client
+        super().__init__(client, url, options)
+
+    def _drive(self, steps: Steps[T]) -> T:
+        try:
+            step = next(steps)
+            while True:
+                if isinstance(step, Sleep):
+                    _testing.sleep(step.seconds)
+                    step = steps.send(None)
+                    continue
+                reply: Reply
+                try:
+                    reply = self._client.send(step.request, auth=step.auth)
+                except httpx.TransportError as exc:
+                    if not step.tolerant:
+                        raise
+                    reply = exc
+                step = steps.send(reply)
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
 
     @classmethod
     def start(
@@ -151,22 +247,16 @@ class OperationHandle(_HandleState):
         url: str,
         *,
         options: PollOptions | None = None,
-        **request: object,
+        **request: Any,
     ) -> OperationHandle:
         """Send the request and return at once with a handle on its operation.
 
         ``request`` takes :meth:`httpx.Client.build_request`'s arguments
-        (``json=``, ``content=``, ``headers=``, ...). If the server answered
-        without deferring, the handle is already done.
+        (``json=``, ``content=``, ``params=``, ``headers=``, ...). If the server
+        answered without deferring, the handle is already done.
         """
-        built = client.build_request(method, url, **request)  # type: ignore[arg-type]
-        built.headers.setdefault(h.PREFER, "respond-async")
-        built.extensions.update(_PASSTHROUGH)
-        handle = cls(client, str(built.url), options=options)
-        response = client.send(built)
-        handle._absorb(response, observe(response, built, response.content))
-        if handle.done:
-            handle.url = str(built.url.join(response.headers.get("content-location", handle.url)))
+        handle = cls(client, url, options=options)
+        handle._drive(handle._start_flow(method, url, request))
         return handle
 
     @classmethod
@@ -178,34 +268,11 @@ class OperationHandle(_HandleState):
 
     def poll(self) -> OperationStatus | None:
         """Ask once, without waiting, and return the status."""
-        if self.done:
-            return self.status
-        request = self._status_request(self._client, "GET")
-        response = self._client.send(request)
-        self._absorb(response, observe(response, request, response.content))
-        return self.status
+        return self._drive(self._poll_flow())
 
     def wait(self, timeout: float | None = None) -> httpx.Response:
         """Poll until the operation ends (``PollingTimeout`` after ``timeout`` s)."""
-        if self._last is None:
-            self.poll()
-        if self.done:
-            assert self.response is not None
-            return self.response
-
-        def send(poll: Poll) -> Observed:
-            request = self._poll_request(self._client, poll)
-            try:
-                response = self._client.send(request, auth=self._auth_for(request))
-            except httpx.TransportError as exc:
-                return observe_error(exc, request)
-            observed = observe(response, request, response.content)
-            self._absorb(response, observed)
-            return observed
-
-        drive(self._flow(timeout), send)
-        assert self.response is not None
-        return self.response
+        return self._drive(self._wait_flow(timeout))
 
     def result(self, timeout: float | None = None) -> httpx.Response:
         """Wait, then return the final response, or raise if the operation failed.
@@ -219,26 +286,38 @@ class OperationHandle(_HandleState):
 
     def cancel(self) -> OperationStatus | None:
         """Ask the server to cancel (``DELETE``); returns the status it reports."""
-        request = self._status_request(self._client, "DELETE")
-        response = self._client.send(request)
-        if response.status_code in (200, 202):
-            value = response.headers.get(h.OPERATION_STATUS)
-            self.status = OperationStatus(value) if value else self.status
-            self._last = None  # the next wait() polls afresh
-            self.done = False
-        else:
-            self._absorb(response, observe(response, request, response.content))
-        return self.status
+        return self._drive(self._cancel_flow())
 
 
-class AsyncOperationHandle(_HandleState):
-    """The async twin of :class:`OperationHandle`."""
+class AsyncOperationHandle(_Handle):
+    """The async twin of :class:`OperationHandle`: the same flows, driven on an event loop."""
+
+    _client: httpx.AsyncClient
 
     def __init__(
         self, client: httpx.AsyncClient, url: str, *, options: PollOptions | None = None
     ) -> None:
-        super().__init__(str(client.build_request("GET", url).url), options)
-        self._client = client
+        super().__init__(client, url, options)
+
+    async def _drive(self, steps: Steps[T]) -> T:
+        try:
+            step = next(steps)
+            while True:
+                if isinstance(step, Sleep):
+                    await _testing.asleep(step.seconds)
+                    step = steps.send(None)
+                    continue
+                reply: Reply
+                try:
+                    reply = await self._client.send(step.request, auth=step.auth)
+                except httpx.TransportError as exc:
+                    if not step.tolerant:
+                        raise
+                    reply = exc
+                step = steps.send(reply)
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
 
     @classmethod
     async def start(
@@ -248,17 +327,11 @@ class AsyncOperationHandle(_HandleState):
         url: str,
         *,
         options: PollOptions | None = None,
-        **request: object,
+        **request: Any,
     ) -> AsyncOperationHandle:
         """Send the request and return at once with a handle on its operation."""
-        built = client.build_request(method, url, **request)  # type: ignore[arg-type]
-        built.headers.setdefault(h.PREFER, "respond-async")
-        built.extensions.update(_PASSTHROUGH)
-        handle = cls(client, str(built.url), options=options)
-        response = await client.send(built)
-        handle._absorb(response, observe(response, built, response.content))
-        if handle.done:
-            handle.url = str(built.url.join(response.headers.get("content-location", handle.url)))
+        handle = cls(client, url, options=options)
+        await handle._drive(handle._start_flow(method, url, request))
         return handle
 
     @classmethod
@@ -270,34 +343,11 @@ class AsyncOperationHandle(_HandleState):
 
     async def poll(self) -> OperationStatus | None:
         """Ask once, without waiting, and return the status."""
-        if self.done:
-            return self.status
-        request = self._status_request(self._client, "GET")
-        response = await self._client.send(request)
-        self._absorb(response, observe(response, request, response.content))
-        return self.status
+        return await self._drive(self._poll_flow())
 
-    async def wait(self, timeout: float | None = None) -> httpx.Response:  # noqa: ASYNC109 - the same API as the sync handle
+    async def wait(self, timeout: float | None = None) -> httpx.Response:  # noqa: ASYNC109 - the sync handle's API
         """Poll until the operation ends (``PollingTimeout`` after ``timeout`` s)."""
-        if self._last is None:
-            await self.poll()
-        if self.done:
-            assert self.response is not None
-            return self.response
-
-        async def send(poll: Poll) -> Observed:
-            request = self._poll_request(self._client, poll)
-            try:
-                response = await self._client.send(request, auth=self._auth_for(request))
-            except httpx.TransportError as exc:
-                return observe_error(exc, request)
-            observed = observe(response, request, response.content)
-            self._absorb(response, observed)
-            return observed
-
-        await adrive(self._flow(timeout), send)
-        assert self.response is not None
-        return self.response
+        return await self._drive(self._wait_flow(timeout))
 
     async def result(self, timeout: float | None = None) -> httpx.Response:  # noqa: ASYNC109
         """Wait, then return the final response, or raise if the operation failed."""
@@ -306,13 +356,4 @@ class AsyncOperationHandle(_HandleState):
 
     async def cancel(self) -> OperationStatus | None:
         """Ask the server to cancel (``DELETE``); returns the status it reports."""
-        request = self._status_request(self._client, "DELETE")
-        response = await self._client.send(request)
-        if response.status_code in (200, 202):
-            value = response.headers.get(h.OPERATION_STATUS)
-            self.status = OperationStatus(value) if value else self.status
-            self._last = None
-            self.done = False
-        else:
-            self._absorb(response, observe(response, request, response.content))
-        return self.status
+        return await self._drive(self._cancel_flow())
