@@ -11,6 +11,8 @@ import repoll
 from repoll._errors import MissingExtraError, require
 
 PUBLIC = {
+    "StoreUnavailable",
+    "DuplicateOperation",
     "AsyncOperationHandle",
     "OperationHandle",
     "PollingAdapter",

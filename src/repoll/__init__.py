@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import (
     CrossOriginError,
+    DuplicateOperation,
     InvalidTransition,
     MissingExtraError,
     NotDeferrableError,
@@ -57,6 +58,7 @@ __all__ = [
     "AsyncOperationHandle",
     "AsyncPollingTransport",
     "CrossOriginError",
+    "DuplicateOperation",
     "Executor",
     "Hop",
     "InProcessExecutor",
