@@ -531,3 +531,37 @@ async def test_no_principal_can_reach_another_principals_operations():
     await server.close()
     assert attempts == 6 * 5 * 4
     assert leaks == 0
+
+
+async def test_cookie_sessions_and_custom_principal_functions():
+    app, server, seen = build_app(principal=repoll.cookie_principal("session"))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        location = (await c.post("/gated", headers={"cookie": "session=s1; theme=dark"})).headers[
+            "location"
+        ]
+        # Another cookie changed: still the same session, still visible.
+        same = await c.get(
+            location, headers={"cookie": "theme=light; session=s1", "prefer": "wait=0"}
+        )
+        assert same.status_code == 303
+        other = await c.get(location, headers={"cookie": "session=s2", "prefer": "wait=0"})
+        assert other.status_code == 404
+        seen["release"].set()
+    await server.close()
+
+    async def tenant(request) -> str:  # an async principal function reading a header
+        return request.headers.get("x-tenant", "")
+
+    app, server, seen = build_app(principal=tenant)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        location = (await c.post("/gated", headers={"x-tenant": "acme"})).headers["location"]
+        op = await server.store.get(location.rsplit("/", 1)[1])
+        assert "acme" not in op.principal  # stored as a digest
+        assert (
+            await c.get(location, headers={"x-tenant": "acme", "prefer": "wait=0"})
+        ).status_code == 303
+        assert (
+            await c.get(location, headers={"x-tenant": "other", "prefer": "wait=0"})
+        ).status_code == 404
+        seen["release"].set()
+    await server.close()

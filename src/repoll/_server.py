@@ -24,7 +24,6 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
-import hashlib
 import inspect
 import logging
 import threading
@@ -32,6 +31,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from contextlib import AsyncExitStack
 from typing import Any, ParamSpec, TypeVar, cast, overload
+
+from ._errors import require
+
+require("starlette", "server")
+
+from starlette.requests import HTTPConnection
 
 from . import _replies as replies
 from ._errors import (
@@ -64,7 +69,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-PrincipalFunction = Callable[[Scope], str | Awaitable[str]]
+PrincipalFunction = Callable[[HTTPConnection], str | Awaitable[str]]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -72,21 +77,34 @@ R = TypeVar("R")
 DEFAULT_STORE_URL = "sqlite:///repoll.sqlite3"
 
 
-def default_principal(scope: Scope) -> str:
-    """Who started a request: a digest of its Authorization and Cookie fields.
+def default_principal(request: HTTPConnection) -> str:
+    """Who started a request: its Authorization and Cookie fields, as they are.
 
-    Requests with neither share the anonymous principal ``""``. Only the
-    digest is stored, never the credential.
+    Requests with neither share the anonymous principal ``""``. The server
+    stores only a digest of whatever a principal function returns.
     """
-    authorization = cookie = b""
-    for name, value in scope.get("headers", ()):
-        if name == b"authorization":
-            authorization = value
-        elif name == b"cookie":
-            cookie = value
+    authorization = request.headers.get("authorization", "")
+    cookie = request.headers.get("cookie", "")
     if not authorization and not cookie:
         return ""
-    return hashlib.sha256(authorization + b"\0" + cookie).hexdigest()
+    return f"{authorization}\0{cookie}"
+
+
+def cookie_principal(name: str) -> PrincipalFunction:
+    """A principal function for cookie sessions: the value of the cookie ``name``.
+
+    Other cookies (analytics, preferences) may come and go without the user
+    losing sight of their operations. Requests without the cookie fall back to
+    their Authorization field, else to the anonymous principal.
+    """
+
+    def principal(request: HTTPConnection) -> str:
+        session = request.cookies.get(name)
+        if session:
+            return f"cookie:{name}={session}"
+        return request.headers.get("authorization", "")
+
+    return principal
 
 
 def _header_values(scope: Scope, name: bytes) -> Iterable[str]:
@@ -214,10 +232,12 @@ class PollingServer:
         return f"{scope.get('root_path', '')}{self.operations_path}/{operation_id}"
 
     async def _principal_of(self, scope: Scope) -> str:
-        result = self.principal(scope)
+        result = self.principal(HTTPConnection(scope))
         if inspect.isawaitable(result):
             result = await result
-        return result
+        # Whatever identifies the principal (a token, a session id) is stored
+        # only as a digest.
+        return digest("principal", result) if result else ""
 
     async def _transition(
         self,
