@@ -55,3 +55,66 @@ def live_server(tmp_path_factory) -> Iterator[LiveServer]:
 def live(live_server: LiveServer) -> LiveServer:
     live_server.reset()
     return live_server
+
+
+# --- services: Redis and PostgreSQL -----------------------------------------------
+# On CI (CI set) a missing service is a failure; elsewhere the test skips, naming it.
+
+import os  # noqa: E402
+import socket  # noqa: E402
+import uuid  # noqa: E402
+
+REDIS_URL = os.environ.get("REPOLL_TEST_REDIS", "redis://127.0.0.1:6379/15")
+POSTGRES_URL = os.environ.get("REPOLL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def need_service(name: str, host: str, port: int) -> None:
+    if _reachable(host, port):
+        return
+    message = f"needs {name} at {host}:{port} (not reachable)"
+    if os.environ.get("CI"):
+        pytest.fail(message + "; CI must provide it")
+    pytest.skip(message)
+
+
+@pytest.fixture
+def redis_url():
+    need_service("Redis", "127.0.0.1", 6379)
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_prefix(redis_url):
+    """A fresh key prefix, removed afterwards."""
+    import redis
+
+    prefix = f"repoll-test-{uuid.uuid4().hex[:12]}:"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(prefix + "*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+def postgres_url():
+    """A PostgreSQL URL whose search_path is a fresh schema, dropped afterwards."""
+    need_service("PostgreSQL", "127.0.0.1", 5432)
+    import psycopg
+
+    schema = f"repoll_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    yield f"{POSTGRES_URL}{separator}options=-c%20search_path%3D{schema}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")

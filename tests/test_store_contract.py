@@ -18,9 +18,22 @@ pytestmark = pytest.mark.anyio
 NOW = 1_800_000_000.0
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
 async def store(request, tmp_path):
-    backend: Store = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "s.db")
+    backend: Store
+    if request.param == "memory":
+        backend = MemoryStore()
+    elif request.param == "sqlite":
+        backend = SQLiteStore(tmp_path / "s.db")
+    elif request.param == "redis":
+        from repoll._redis_store import RedisStore
+
+        url = request.getfixturevalue("redis_url")
+        backend = RedisStore(url, prefix=request.getfixturevalue("redis_prefix"))
+    else:
+        from repoll._postgres_store import PostgresStore
+
+        backend = PostgresStore(request.getfixturevalue("postgres_url"))
     await backend.open()
     yield backend
     await backend.close()
@@ -170,6 +183,8 @@ def test_store_urls(tmp_path):
     assert isinstance(sqlite, SQLiteStore)
     assert sqlite.path == f"{tmp_path}/x.db"
     assert store_from_url("sqlite:///rel.db").path == "rel.db"
+    assert type(store_from_url("redis://127.0.0.1:6379/0")).__name__ == "RedisStore"
+    assert type(store_from_url("postgresql://u@h/db")).__name__ == "PostgresStore"
     with pytest.raises(ValueError, match="unsupported store URL"):
         store_from_url("mongodb://x")
 
@@ -202,3 +217,32 @@ async def test_a_purged_operation_frees_its_key(store):
     await store.purge(now=NOW, tombstone=100)
     assert await store.find_by_idempotency_key("old") is None
     await store.create(new_operation(idempotency_key="old"))
+
+
+async def test_heartbeats_tell_the_live_owners(store):
+    await store.heartbeat("instance-a", ttl=30)
+    await store.heartbeat("instance-b", ttl=-1)  # already expired
+    if store.shared:
+        assert await store.live_owners() == {"instance-a"}
+    else:
+        assert "instance-b" not in await store.live_owners()
+
+
+async def test_shared_stores_announce_every_finished_operation(store):
+    finished: list[str] = []
+    await store.subscribe(finished.append)
+    op = new_operation(status=OperationStatus.RUNNING)
+    await store.create(op)
+    await asyncio.sleep(0.1)  # let the subscription settle
+    done = dataclasses.replace(
+        op.apply(Event.FINISH_OK, now=NOW, retention=60, response=StoredResponse(200, (), b"")),
+        version=1,
+    )
+    assert await store.compare_and_set(done, expected_version=0)
+    if not store.shared:
+        return  # one process: the server wakes its own waiters
+    for _ in range(50):
+        if finished:
+            break
+        await asyncio.sleep(0.05)
+    assert finished == [op.id]

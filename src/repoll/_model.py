@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +59,9 @@ class Operation:
     # and digest of the request it came with (method, target, body).
     idempotency_key: str | None = None
     request_digest: str | None = None
+    # The instance (server process or worker) running the work; when it stops
+    # sending heartbeats, another instance declares the work lost.
+    owner: str | None = None
 
     def apply(
         self,
@@ -113,3 +117,60 @@ def clamp_progress(value: float | None) -> float | None:
     if value is None or math.isnan(value):  # NaN means "don't know"
         return None
     return min(max(float(value), 0.0), 1.0)
+
+
+# --- the row form shared by the SQL and Redis stores ---------------------------
+
+_RECORD_FIELDS = (
+    "principal",
+    "endpoint",
+    "created_at",
+    "updated_at",
+    "started_at",
+    "finished_at",
+    "progress",
+    "message",
+    "cancel_requested",
+    "request_digest",
+    "owner",
+)
+
+
+def encode_row(op: Operation) -> tuple[Any, ...]:
+    """The record as (id, version, status, expires_at, record JSON, body, idempotency key)."""
+    record = {name: getattr(op, name) for name in _RECORD_FIELDS}
+    response = None
+    if op.response is not None:
+        record["response_meta"] = {"status": op.response.status, "headers": op.response.headers}
+        response = op.response.body
+    return (
+        op.id,
+        op.version,
+        op.status.value,
+        op.expires_at,
+        json.dumps(record, separators=(",", ":")),
+        response,
+        op.idempotency_key,
+    )
+
+
+def decode_row(row: Sequence[Any]) -> Operation:
+    """The inverse of :func:`encode_row`."""
+    op_id, version, status, expires_at, record_json, body, idempotency_key = row
+    record = json.loads(record_json)
+    meta = record.pop("response_meta", None)
+    response = None
+    if meta is not None and body is not None:
+        headers = tuple((str(k), str(v)) for k, v in meta["headers"])
+        response = StoredResponse(int(meta["status"]), headers, bytes(body))
+    record.setdefault("owner", None)
+    record.setdefault("request_digest", None)
+    return Operation(
+        id=op_id,
+        version=version,
+        status=OperationStatus(status),
+        expires_at=expires_at,
+        response=response,
+        idempotency_key=idempotency_key,
+        **record,
+    )

@@ -9,7 +9,6 @@ processes (a second server reading the same file) proceed during writes.
 from __future__ import annotations
 
 import asyncio
-import json
 import queue
 import sqlite3
 import threading
@@ -19,8 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ._errors import DuplicateOperation, StoreUnavailable
-from ._model import Operation, StoredResponse
-from ._status import OperationStatus
+from ._model import Operation, decode_row, encode_row
 
 T = TypeVar("T")
 
@@ -43,56 +41,6 @@ CREATE UNIQUE INDEX IF NOT EXISTS repoll_operations_idempotency_key
 """
 _COLUMNS = "id, version, status, expires_at, record, response, idempotency_key"
 _INSERT = f"INSERT INTO repoll_operations ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
-
-_RECORD_FIELDS = (
-    "principal",
-    "endpoint",
-    "created_at",
-    "updated_at",
-    "started_at",
-    "finished_at",
-    "progress",
-    "message",
-    "cancel_requested",
-    "request_digest",
-)
-
-
-def _encode(op: Operation) -> tuple[Any, ...]:
-    record = {name: getattr(op, name) for name in _RECORD_FIELDS}
-    response = None
-    if op.response is not None:
-        record["response_meta"] = {"status": op.response.status, "headers": op.response.headers}
-        response = op.response.body
-    return (
-        op.id,
-        op.version,
-        op.status.value,
-        op.expires_at,
-        json.dumps(record, separators=(",", ":")),
-        response,
-        op.idempotency_key,
-    )
-
-
-def _decode(row: tuple[Any, ...]) -> Operation:
-    op_id, version, status, expires_at, record_json, body, idempotency_key = row
-    record = json.loads(record_json)
-    meta = record.pop("response_meta", None)
-    response = None
-    if meta is not None and body is not None:
-        headers = tuple((str(k), str(v)) for k, v in meta["headers"])
-        response = StoredResponse(int(meta["status"]), headers, bytes(body))
-    return Operation(
-        id=op_id,
-        version=version,
-        status=OperationStatus(status),
-        expires_at=expires_at,
-        response=response,
-        idempotency_key=idempotency_key,
-        **record,
-    )
-
 
 _Job = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
 _BATCH = 256
@@ -197,7 +145,12 @@ def _answer(answers: list[tuple[_Job, Any, BaseException | None]]) -> None:
 
 
 class SQLiteStore:
-    """Operations in a SQLite file (``":memory:"`` for a private in-memory database)."""
+    """Operations in a SQLite file (``":memory:"`` for a private in-memory database).
+
+    For one server process per file (see ``Store.shared``).
+    """
+
+    shared = False
 
     def __init__(self, path: str | Path, *, timeout: float = 5.0, cache_size: int = 4096) -> None:
         self.path = str(path)
@@ -236,7 +189,7 @@ class SQLiteStore:
         self._terminal.clear()
 
     async def create(self, operation: Operation) -> None:
-        row = _encode(operation)
+        row = encode_row(operation)
 
         def insert(c: sqlite3.Connection) -> None:
             try:
@@ -277,9 +230,18 @@ class SQLiteStore:
         row = await self._run(select)
         if row is None:
             return None
-        operation = _decode(row)
+        operation = decode_row(row)
         self._remember(operation)
         return operation
+
+    async def subscribe(self, on_finished: Callable[[str], None]) -> None:
+        return None
+
+    async def heartbeat(self, owner: str, *, ttl: float) -> None:
+        return None  # one process per file: its owner is always the living one
+
+    async def live_owners(self) -> set[str]:
+        return set()
 
     async def find_by_idempotency_key(self, key: str) -> Operation | None:
         def select(c: sqlite3.Connection) -> tuple[Any, ...] | None:
@@ -290,10 +252,10 @@ class SQLiteStore:
             return row
 
         row = await self._run(select)
-        return None if row is None else _decode(row)
+        return None if row is None else decode_row(row)
 
     async def compare_and_set(self, operation: Operation, *, expected_version: int) -> bool:
-        op_id, version, status, expires_at, record, response, _ = _encode(operation)
+        op_id, version, status, expires_at, record, response, _ = encode_row(operation)
 
         def update(c: sqlite3.Connection) -> bool:
             cursor = c.execute(
@@ -315,7 +277,7 @@ class SQLiteStore:
                 "WHERE status IN ('queued', 'running')"
             ).fetchall()
 
-        return [_decode(row) for row in await self._run(select)]
+        return [decode_row(row) for row in await self._run(select)]
 
     async def purge(self, *, now: float, tombstone: float) -> int:
         for op_id, op in list(self._terminal.items()):

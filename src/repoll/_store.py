@@ -10,6 +10,7 @@ writer whose version is stale loses and retries from a fresh read.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
@@ -19,7 +20,16 @@ from ._model import Operation
 
 @runtime_checkable
 class Store(Protocol):
-    """Persistence of operation records. Every backend passes tests/test_store_contract.py."""
+    """Persistence of operation records. Every backend passes tests/test_store_contract.py.
+
+    ``shared`` says whether several server instances may use the store at once.
+    A store that is not shared belongs to one process: on start, that process
+    declares every unfinished operation lost. A shared store relies on owner
+    heartbeats instead, and wakes held polls on every instance through
+    :meth:`subscribe`.
+    """
+
+    shared: bool
 
     async def open(self) -> None:
         """Prepare the backend (create tables, connect). Called once before use."""
@@ -56,6 +66,19 @@ class Store(Protocol):
 
         Returns how many records were deleted.
         """
+
+    async def subscribe(self, on_finished: Callable[[str], None]) -> None:
+        """Call ``on_finished(id)`` whenever any instance ends an operation.
+
+        Stores that are not shared may do nothing: their only writer notifies
+        its own waiters.
+        """
+
+    async def heartbeat(self, owner: str, *, ttl: float) -> None:
+        """Record that ``owner`` is alive for the next ``ttl`` seconds."""
+
+    async def live_owners(self) -> set[str]:
+        """The owners whose last heartbeat has not expired."""
 
 
 # A store reports conflicts by returning False; a writer retries this often
@@ -99,9 +122,12 @@ async def update_operation(
 class MemoryStore:
     """Keeps operations in this process's memory: fast, and gone on restart."""
 
+    shared = False
+
     def __init__(self) -> None:
         self._records: dict[str, Operation] = {}
         self._by_key: dict[str, str] = {}
+        self._owners: dict[str, float] = {}
 
     async def open(self) -> None:
         return None
@@ -151,6 +177,16 @@ class MemoryStore:
                 self._records[op_id] = dataclasses.replace(op, response=None)
         return deleted
 
+    async def subscribe(self, on_finished: Callable[[str], None]) -> None:
+        return None
+
+    async def heartbeat(self, owner: str, *, ttl: float) -> None:
+        self._owners[owner] = time.time() + ttl
+
+    async def live_owners(self) -> set[str]:
+        now = time.time()
+        return {owner for owner, until in self._owners.items() if until > now}
+
     def __len__(self) -> int:
         return len(self._records)
 
@@ -159,6 +195,14 @@ def store_from_url(url: str) -> Store:
     """A store for ``memory://`` or ``sqlite:///path`` (``sqlite://`` alone: in memory)."""
     if url in {"memory", "memory://"}:
         return MemoryStore()
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from ._redis_store import RedisStore  # noqa: PLC0415 - loaded only when chosen
+
+        return RedisStore(url)
+    if url.startswith(("postgresql://", "postgres://")):
+        from ._postgres_store import PostgresStore  # noqa: PLC0415 - loaded only when chosen
+
+        return PostgresStore(url)
     if url.startswith("sqlite://"):
         from ._sqlite_store import SQLiteStore  # noqa: PLC0415 - loaded only when chosen
 
@@ -166,7 +210,7 @@ def store_from_url(url: str) -> Store:
         return SQLiteStore(path)
     scheme = url.split(":", 1)[0]
     msg = (
-        f"unsupported store URL scheme {scheme!r}: use memory:// or sqlite:///PATH "
-        "(redis:// and postgresql:// come with later releases)"
+        f"unsupported store URL scheme {scheme!r}: use memory://, sqlite:///PATH, "
+        "redis://HOST[:PORT][/DB] or postgresql://USER@HOST[:PORT]/DB"
     )
     raise ValueError(msg)
