@@ -228,9 +228,9 @@ async def test_heartbeats_tell_the_live_owners(store):
         assert "instance-b" not in await store.live_owners()
 
 
-async def test_shared_stores_announce_every_finished_operation(store):
-    finished: list[str] = []
-    await store.subscribe(finished.append)
+async def test_shared_stores_announce_finished_and_canceled_operations(store):
+    events: list[tuple[str, str]] = []
+    await store.subscribe(lambda kind, op_id: events.append((kind, op_id)))
     op = new_operation(status=OperationStatus.RUNNING)
     await store.create(op)
     await asyncio.sleep(0.1)  # let the subscription settle
@@ -241,8 +241,9 @@ async def test_shared_stores_announce_every_finished_operation(store):
     assert await store.compare_and_set(done, expected_version=0)
     if not store.shared:
         return  # one process: the server wakes its own waiters
+    await store.announce_cancel("some-other-id")
     for _ in range(50):
-        if finished:
+        if len(events) >= 2:
             break
         await asyncio.sleep(0.05)
-    assert finished == [op.id]
+    assert sorted(events) == [("cancel", "some-other-id"), ("finished", op.id)]

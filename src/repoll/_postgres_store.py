@@ -29,6 +29,7 @@ from ._errors import DuplicateOperation, StoreUnavailable  # noqa: E402
 from ._model import Operation, decode_row, encode_row  # noqa: E402
 
 _CHANNEL = "repoll_finished"
+_CANCEL_CHANNEL = "repoll_cancel"
 _COLUMNS = "id, version, status, expires_at, record, response, idempotency_key"
 _SCHEMA = (
     """
@@ -203,22 +204,27 @@ class PostgresStore:
         except _UNAVAILABLE as exc:
             raise self._unavailable(exc) from exc
 
-    async def subscribe(self, on_finished: Callable[[str], None]) -> None:
+    async def subscribe(self, on_event: Callable[[str, str], None]) -> None:
         try:
             conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
             await conn.execute(f"LISTEN {_CHANNEL}")
+            await conn.execute(f"LISTEN {_CANCEL_CHANNEL}")
         except _UNAVAILABLE as exc:
             raise self._unavailable(exc) from exc
 
         async def listen() -> None:
             try:
                 async for notice in conn.notifies():
-                    on_finished(notice.payload)
+                    kind = "cancel" if notice.channel == _CANCEL_CHANNEL else "finished"
+                    on_event(kind, notice.payload)
             finally:
                 with contextlib.suppress(psycopg.Error, OSError):
                     await conn.close()
 
         self._listener = asyncio.get_running_loop().create_task(listen())
+
+    async def announce_cancel(self, operation_id: str) -> None:
+        await self._fetchone("SELECT pg_notify(%s, %s)", (_CANCEL_CHANNEL, operation_id))
 
     async def heartbeat(self, owner: str, *, ttl: float) -> None:
         now = time.time()

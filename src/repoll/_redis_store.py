@@ -10,7 +10,8 @@ Key layout (``{p}`` is the prefix, ``repoll:`` by default):
   ``expires_at``: purge drops responses from the first at expiry and whole
   records from the second a tombstone period later;
 * ``{p}owners``: a sorted set of live owners scored by heartbeat deadline;
-* channel ``{p}finished``: each id that reaches a terminal state.
+* channels ``{p}finished`` (each id that reaches a terminal state) and
+  ``{p}cancel`` (each id whose cancellation was asked on another instance).
 
 Every write is one Lua script, so state transitions are atomic across
 instances: of two instances racing to finish, cancel or expire the same
@@ -277,20 +278,31 @@ class RedisStore:
             if batch < 1000:
                 return deleted
 
-    async def subscribe(self, on_finished: Callable[[str], None]) -> None:
+    async def subscribe(self, on_event: Callable[[str, str], None]) -> None:
         pubsub = self._r.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(self._key("finished"))
+        channels = {self._key("finished"): "finished", self._key("cancel"): "cancel"}
+        try:
+            await pubsub.subscribe(*channels)
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(str(exc)) from exc
 
         async def listen() -> None:
             try:
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
-                        on_finished(_text(message["data"]))
+                        kind = channels.get(_text(message["channel"]), "finished")
+                        on_event(kind, _text(message["data"]))
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
         self._listener = asyncio.get_running_loop().create_task(listen())
+
+    async def announce_cancel(self, operation_id: str) -> None:
+        try:
+            await self._r.publish(self._key("cancel"), operation_id)
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(str(exc)) from exc
 
     async def heartbeat(self, owner: str, *, ttl: float) -> None:
         now = time.time()

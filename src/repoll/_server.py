@@ -26,8 +26,11 @@ import dataclasses
 import functools
 import inspect
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from contextlib import AsyncExitStack
 from typing import Any, ParamSpec, TypeVar, cast, overload
@@ -137,7 +140,7 @@ class _Notifier:
             if not waiters:
                 del self._waiters[operation_id]
 
-    def notify(self, operation_id: str, operation: Operation) -> None:
+    def notify(self, operation_id: str, operation: Operation | None) -> None:
         for waiter in self._waiters.pop(operation_id, ()):
             if not waiter.done():
                 waiter.set_result(operation)
@@ -170,6 +173,7 @@ class PollingServer:
         max_held_polls: int = 10_000,
         max_operations: int = 10_000,
         max_operations_per_principal: int = 100,
+        heartbeat_interval: float = 2.0,
     ) -> None:
         if store is None:
             store = DEFAULT_STORE_URL
@@ -187,6 +191,13 @@ class PollingServer:
         self.max_operations_per_principal = max_operations_per_principal
         self.held_polls = 0
         self._active_by_principal: dict[str, int] = {}
+        # Shared stores: this instance's name in the store, and how often it
+        # says it is alive. Its operations are declared lost when it has been
+        # silent for owner_ttl seconds.
+        self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.heartbeat_interval = heartbeat_interval
+        self.owner_ttl = heartbeat_interval * 5
+        self._maintenance: asyncio.Task[None] | None = None
         self._notifier = _Notifier()
         self._history: dict[str, DurationHistory] = {}
         self._running: dict[str, RunningOperation] = {}
@@ -208,12 +219,19 @@ class PollingServer:
                 return
             await self.store.open()
             self._closing = False
-            for op in await self.store.unfinished():
-                await self._lose(
-                    op.id,
-                    f"The server stopped while the operation was {op.status.value}; "
-                    "its work was lost. Start it again.",
-                )
+            if self.store.shared:
+                await self.store.heartbeat(self.instance_id, ttl=self.owner_ttl)
+                await self.store.subscribe(self._on_store_event)
+                self._maintenance = asyncio.get_running_loop().create_task(self._maintain())
+            else:
+                # This process is the store's only user: whatever is unfinished
+                # was left by its previous life.
+                for op in await self.store.unfinished():
+                    await self._lose(
+                        op.id,
+                        f"The server stopped while the operation was {op.status.value}; "
+                        "its work was lost. Start it again.",
+                    )
             self._open = True
 
     async def close(self) -> None:
@@ -221,10 +239,53 @@ class PollingServer:
         if not self._open:
             return
         self._closing = True
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
+            self._maintenance = None
         for op_id in await self.executor.shutdown(self.shutdown_grace):
             await self._lose(op_id, "The server shut down before the work finished.")
         await self.store.close()
         self._open = False
+
+    def _on_store_event(self, kind: str, operation_id: str) -> None:
+        if kind == "finished":
+            self._notifier.notify(operation_id, None)  # waiters re-read the record
+        elif kind == "cancel":
+            running = self._running.get(operation_id)
+            if running is not None:
+                running.request_cancel()
+
+    async def _maintain(self) -> None:
+        """Shared stores: heartbeats, reaping operations of silent instances, purging."""
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            try:
+                await self.store.heartbeat(self.instance_id, ttl=self.owner_ttl)
+                await self.reap()
+                await self._maybe_purge()
+            except StoreUnavailable:
+                logger.warning("store unavailable during maintenance", exc_info=True)
+            except Exception:
+                logger.exception("maintenance failed")
+
+    async def reap(self) -> int:
+        """Declare lost the unfinished operations of instances that stopped; returns how many."""
+        await self.open()
+        live = await self.store.live_owners()
+        live.add(self.instance_id)
+        lost = 0
+        for op in await self.store.unfinished():
+            if op.owner is None or op.owner in live:
+                continue
+            await self._lose(
+                op.id,
+                f"The instance running the operation ({op.owner}) stopped: no sign of life for "
+                f"{self.owner_ttl:g} s. Its work was lost; start it again.",
+            )
+            lost += 1
+        return lost
 
     # --- operations -----------------------------------------------------------
 
@@ -421,7 +482,9 @@ class PollingServer:
         running = self._running.get(op.id)
         if running is not None:
             running.request_cancel()
-        elif op.status is OperationStatus.QUEUED:
+        elif self.store.shared:
+            await self.store.announce_cancel(op.id)  # the instance running it stops it
+        if running is None and op.status is OperationStatus.QUEUED:
             await self._transition(
                 op.id,
                 Event.CANCEL,
@@ -670,6 +733,7 @@ class _DeferrableRequest:
             started_at=now if immediate else None,
             idempotency_key=key_digest,
             request_digest=request_digest,
+            owner=server.instance_id,
         )
         try:
             await server.store.create(op)
@@ -691,7 +755,10 @@ class _DeferrableRequest:
             await self._exit.enter_async_context(server.executor.slot(op.id))
             if running.cancel_requested:
                 raise asyncio.CancelledError
-            await server._transition(op.id, Event.START)
+            if await server._transition(op.id, Event.START) is None:
+                # Canceled (or declared lost) by another instance while queued.
+                running._cancel.set()
+                raise asyncio.CancelledError
         return running
 
     async def _check_idempotency(self, principal: str) -> tuple[str | None, str | None]:

@@ -234,7 +234,10 @@ class SQLiteStore:
         self._remember(operation)
         return operation
 
-    async def subscribe(self, on_finished: Callable[[str], None]) -> None:
+    async def subscribe(self, on_event: Callable[[str, str], None]) -> None:
+        return None
+
+    async def announce_cancel(self, operation_id: str) -> None:
         return None
 
     async def heartbeat(self, owner: str, *, ttl: float) -> None:

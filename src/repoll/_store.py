@@ -67,12 +67,17 @@ class Store(Protocol):
         Returns how many records were deleted.
         """
 
-    async def subscribe(self, on_finished: Callable[[str], None]) -> None:
-        """Call ``on_finished(id)`` whenever any instance ends an operation.
+    async def subscribe(self, on_event: Callable[[str, str], None]) -> None:
+        """Call ``on_event(kind, id)`` for what other instances need to know.
 
-        Stores that are not shared may do nothing: their only writer notifies
-        its own waiters.
+        ``kind`` is ``"finished"`` when any instance ends an operation (sent by
+        :meth:`compare_and_set` itself) and ``"cancel"`` after
+        :meth:`announce_cancel`. Stores that are not shared may do nothing:
+        their only process notifies itself.
         """
+
+    async def announce_cancel(self, operation_id: str) -> None:
+        """Tell every subscribed instance that ``operation_id`` should stop."""
 
     async def heartbeat(self, owner: str, *, ttl: float) -> None:
         """Record that ``owner`` is alive for the next ``ttl`` seconds."""
@@ -177,7 +182,10 @@ class MemoryStore:
                 self._records[op_id] = dataclasses.replace(op, response=None)
         return deleted
 
-    async def subscribe(self, on_finished: Callable[[str], None]) -> None:
+    async def subscribe(self, on_event: Callable[[str, str], None]) -> None:
+        return None
+
+    async def announce_cancel(self, operation_id: str) -> None:
         return None
 
     async def heartbeat(self, owner: str, *, ttl: float) -> None:
@@ -198,7 +206,12 @@ def store_from_url(url: str) -> Store:
     if url.startswith(("redis://", "rediss://", "unix://")):
         from ._redis_store import RedisStore  # noqa: PLC0415 - loaded only when chosen
 
-        return RedisStore(url)
+        # ?prefix=NAME: (not a redis-py option) namespaces the keys.
+        base, _, query = url.partition("?")
+        params = dict(part.split("=", 1) for part in query.split("&") if "=" in part)
+        prefix = params.pop("prefix", "repoll:")
+        rest = "&".join(f"{k}={v}" for k, v in params.items())
+        return RedisStore(f"{base}?{rest}" if rest else base, prefix=prefix)
     if url.startswith(("postgresql://", "postgres://")):
         from ._postgres_store import PostgresStore  # noqa: PLC0415 - loaded only when chosen
 
