@@ -110,6 +110,7 @@ def serve(
     concurrency: int | None = None,
     *,
     factory: bool = False,
+    broker: str | None = None,
 ) -> int:
     """Serve the demo app (or ``MODULE:APP``) with uvicorn until interrupted."""
     require("uvicorn", "server")
@@ -122,8 +123,27 @@ def serve(
         os.environ["REPOLL_STORE"] = store
     if concurrency:
         os.environ["REPOLL_CONCURRENCY"] = str(concurrency)
+    if broker:
+        os.environ["REPOLL_BROKER"] = broker
     app = target or DEMO_APP
     uvicorn.run(app, host=host, port=port, factory=factory or target is None, log_level="warning")
+    return 0
+
+
+def worker(args: argparse.Namespace) -> int:
+    """Import the app (which registers its deferred endpoints), then consume tasks."""
+    require("celery", "celery")
+    import importlib  # noqa: PLC0415
+
+    from ._celery import run_worker  # noqa: PLC0415
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    module_name, _, attribute = (args.app or DEMO_APP).partition(":")
+    target = getattr(importlib.import_module(module_name), attribute)
+    if args.factory or args.app is None:
+        target()
+    run_worker(args.broker, queue=args.queue, concurrency=args.concurrency)
     return 0
 
 
@@ -287,10 +307,24 @@ def _parser() -> argparse.ArgumentParser:
         "or memory://; also exported as REPOLL_STORE",
     )
     serve_cmd.add_argument(
+        "--broker",
+        help="run the demo app's work on Celery workers through this broker "
+        "(amqp://...); needs a shared --store; exported as REPOLL_BROKER",
+    )
+    serve_cmd.add_argument(
         "--concurrency",
         type=int,
         help="operations the demo app runs at once (default 16); exported as REPOLL_CONCURRENCY",
     )
+    worker_cmd = commands.add_parser(
+        "worker", help="run deferred work from the demo app (or MODULE:APP) on Celery"
+    )
+    worker_cmd.add_argument("app", nargs="?", help="MODULE:APP whose endpoints to run")
+    worker_cmd.add_argument("--factory", action="store_true", help="APP returns the app")
+    worker_cmd.add_argument("--broker", default="amqp://guest:guest@127.0.0.1:5672//")
+    worker_cmd.add_argument("--queue", default="repoll")
+    worker_cmd.add_argument("--concurrency", type=int, default=4, help="threads (default 4)")
+
     for name, help_text in (
         ("request", "send a request; follow its operation to the final answer"),
         ("wait", "wait on an operation URL (from request --no-wait) and print its answer"),
@@ -331,8 +365,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return demo(args.seconds, fail=args.fail, long_poll=args.long_poll or None)
         if args.command in {"request", "wait"}:
             return request_command(args)
+        if args.command == "worker":
+            return worker(args)
         return serve(
-            args.app, args.host, args.port, args.store, args.concurrency, factory=args.factory
+            args.app,
+            args.host,
+            args.port,
+            args.store,
+            args.concurrency,
+            factory=args.factory,
+            broker=args.broker,
         )
     except MissingExtraError as exc:
         print(f"repoll: {exc}", file=sys.stderr)

@@ -51,7 +51,14 @@ def create_app(store: Any = None, **options: Any) -> FastAPI:
         description="A slow endpoint made pollable by repoll: see docs/protocol.md.",
     )
     concurrency = os.environ.get("REPOLL_CONCURRENCY")
-    if concurrency and "executor" not in options:
+    broker = os.environ.get("REPOLL_BROKER")
+    if broker and "executor" not in options:
+        from ._celery import CeleryExecutor  # noqa: PLC0415 - the celery extra, when asked
+
+        options["executor"] = CeleryExecutor(
+            broker=broker, queue=os.environ.get("REPOLL_QUEUE", "repoll")
+        )
+    elif concurrency and "executor" not in options:
         options["executor"] = InProcessExecutor(concurrency=int(concurrency))
     server: PollingServer = install(
         app, store=store or os.environ.get("REPOLL_STORE") or None, **options

@@ -33,7 +33,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from contextlib import AsyncExitStack
-from typing import Any, ParamSpec, TypeVar, cast, overload
+from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
 from ._errors import require
 
@@ -543,6 +543,7 @@ class RunningOperation:
         self.id = operation.id
         self.url = url
         self.record = operation  # the latest version this process wrote or read
+        self.server = server
         self._server = server
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
@@ -607,7 +608,24 @@ class RunningOperation:
 _current_request: contextvars.ContextVar[_DeferrableRequest | None] = contextvars.ContextVar(
     "repoll_request", default=None
 )
-_current_operation: contextvars.ContextVar[RunningOperation | None] = contextvars.ContextVar(
+
+
+class WorkContext(Protocol):
+    """What deferred work can ask of its operation, wherever it runs."""
+
+    id: str
+
+    @property
+    def cancel_requested(self) -> bool: ...
+
+    def raise_if_canceled(self) -> None: ...
+
+    def report_progress(
+        self, progress: float | None = None, message: str | None = None
+    ) -> None: ...
+
+
+_current_operation: contextvars.ContextVar[WorkContext | None] = contextvars.ContextVar(
     "repoll_operation", default=None
 )
 
@@ -751,7 +769,8 @@ class _DeferrableRequest:
         self.decided.set_result(running)
         # From here on the client has (or is about to get) its redirect; the
         # rest of the endpoint is the operation's work.
-        if not immediate:
+        if not immediate and not hasattr(server.executor, "hand_off"):
+            # (A remote executor's worker starts the operation itself.)
             await self._exit.enter_async_context(server.executor.slot(op.id))
             if running.cancel_requested:
                 raise asyncio.CancelledError
@@ -820,6 +839,8 @@ class _DeferrableRequest:
         server = self.server
         try:
             await self._exit.aclose()  # frees the executor slot
+            if isinstance(interrupted, HandedOff):
+                return  # another process writes the outcome
             response = self._captured_response() if interrupted is None else None
             # The outcome must reach the store: a busy or briefly unreachable
             # store is retried, with growing pauses, for about a minute.
@@ -990,7 +1011,7 @@ async def defer() -> RunningOperation:
     return await request.defer()
 
 
-def current_operation() -> RunningOperation | None:
+def current_operation() -> WorkContext | None:
     """The operation the running work belongs to, or None outside deferred work."""
     return _current_operation.get()
 
@@ -1002,11 +1023,28 @@ def report_progress(progress: float | None = None, message: str | None = None) -
         running.report_progress(progress, message)
 
 
+# Every deferred endpoint, by "module:qualname", for executors that run the
+# work in another process (a Celery worker imports the app, which registers).
+ENDPOINTS: dict[str, Callable[..., Any]] = {}
+
+
+class HandedOff(BaseException):
+    """Raised in the endpoint once a remote executor has taken the work over."""
+
+
+def endpoint_name(endpoint: Callable[..., Any]) -> str:
+    return f"{endpoint.__module__}:{endpoint.__qualname__}"
+
+
 @overload
-def deferred(endpoint: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]: ...
+def deferred(endpoint: Callable[P, Awaitable[R]], /) -> Callable[P, Awaitable[R]]: ...
 @overload
-def deferred(endpoint: Callable[P, R]) -> Callable[P, Awaitable[R]]: ...
-def deferred(endpoint: Callable[P, Any]) -> Callable[P, Awaitable[Any]]:
+def deferred(endpoint: Callable[P, R], /) -> Callable[P, Awaitable[R]]: ...
+@overload
+def deferred(
+    *, rerun: bool = False
+) -> Callable[[Callable[P, Any]], Callable[P, Awaitable[Any]]]: ...
+def deferred(endpoint: Callable[P, Any] | None = None, /, *, rerun: bool = False) -> Any:
     """Make an endpoint deferred: it is validated as usual, then runs as an operation.
 
     Works for async and sync endpoints of Starlette and FastAPI; sync ones
@@ -1015,12 +1053,32 @@ def deferred(endpoint: Callable[P, Any]) -> Callable[P, Awaitable[Any]]:
         @app.post("/reports")
         @repoll.deferred
         async def make_report(spec: ReportSpec) -> Report: ...
+
+    ``@repoll.deferred(rerun=True)`` declares the work safe to run again: on a
+    Celery executor, a worker that dies mid-operation leaves the task to be
+    redelivered instead of failing the operation.
     """
+    if endpoint is None:
+        return functools.partial(deferred, rerun=rerun)
+    name = endpoint_name(endpoint)
+    ENDPOINTS[name] = endpoint
+
+    async def hand_off_if_remote(running: RunningOperation, args: Any, kwargs: Any) -> None:
+        executor = running.server.executor
+        hand_off = getattr(executor, "hand_off", None)
+        if hand_off is not None:
+            request = _current_request.get()
+            route = request.scope.get("route") if request is not None else None
+            status = getattr(route, "status_code", None) or 200
+            await hand_off(running, name, endpoint, args, kwargs, status_code=status, rerun=rerun)
+            raise HandedOff
+
     if inspect.iscoroutinefunction(endpoint):
 
         @functools.wraps(endpoint)
         async def run_async(*args: P.args, **kwargs: P.kwargs) -> Any:
-            await defer()
+            running = await defer()
+            await hand_off_if_remote(running, args, kwargs)
             return await endpoint(*args, **kwargs)
 
         wrapper = run_async
@@ -1029,6 +1087,7 @@ def deferred(endpoint: Callable[P, Any]) -> Callable[P, Awaitable[Any]]:
         @functools.wraps(endpoint)
         async def run_sync(*args: P.args, **kwargs: P.kwargs) -> Any:
             running = await defer()
+            await hand_off_if_remote(running, args, kwargs)
             return await running.run_sync(functools.partial(endpoint, *args, **kwargs))
 
         wrapper = run_sync
