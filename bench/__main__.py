@@ -11,7 +11,7 @@ import platform
 import time
 
 from . import clients as standard_clients
-from . import overhead, polling, scale, throughput
+from . import distributed, overhead, polling, scale, throughput
 from ._common import RESULTS, table
 
 
@@ -20,7 +20,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="a seconds-long version, for CI")
     parser.add_argument(
         "--only",
-        default="clients,polling,throughput,scale,overhead",
+        default="clients,polling,distributed,throughput,scale,overhead",
         help="comma-separated benchmarks to run (default: all)",
     )
     args = parser.parse_args()
@@ -42,6 +42,16 @@ def main() -> None:
         rows = polling.run(count, clients, smoke=args.smoke)
         print(table(rows, polling.COLUMNS), flush=True)
         (RESULTS / "polling.json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
+
+    missing = distributed.missing_services() if "distributed" in chosen else []
+    if missing:
+        print(f"\ndistributed: skipped, needs {', '.join(missing)} on 127.0.0.1", flush=True)
+    elif "distributed" in chosen:
+        count, clients = (12, 4) if args.smoke else (200, 50)
+        print(f"\ndistributed: {count} operations, {clients} clients, 2 instances + 1 worker")
+        rows = distributed.run(count, clients, smoke=args.smoke)
+        print(table(rows, polling.COLUMNS), flush=True)
+        (RESULTS / "distributed.json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
 
     if "throughput" in chosen:
         seconds = 1.0 if args.smoke else 5.0

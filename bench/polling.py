@@ -126,8 +126,9 @@ STRATEGIES: dict[str, tuple[Strategy, bool]] = {
 
 
 async def _run_workload(
-    strategy: Strategy, polling: bool, url: str, jobs: list[float], clients: int
+    strategy: Strategy, polling: bool, url: str | list[str], jobs: list[float], clients: int
 ) -> list[Outcome]:
+    urls = [url] if isinstance(url, str) else url
     queue = list(enumerate(jobs))
     outcomes: list[Outcome] = []
     limits = httpx.Limits(max_connections=clients * 2, max_keepalive_connections=clients * 2)
@@ -137,13 +138,31 @@ async def _run_workload(
 
     async with httpx.AsyncClient(transport=transport, timeout=120) as client:
 
-        async def worker() -> None:
+        async def worker(base: str) -> None:
             while queue:
                 _, seconds = queue.pop(0)
-                outcomes.append(await strategy(client, url, seconds))
+                outcomes.append(await strategy(client, base, seconds))
 
-        await asyncio.gather(*(worker() for _ in range(clients)))
+        # Clients are spread over the instances (one, unless distributed).
+        await asyncio.gather(*(worker(urls[n % len(urls)]) for n in range(clients)))
     return outcomes
+
+
+def summarise(name: str, outcomes: list[Outcome], cpu: float, wall: float) -> dict[str, object]:
+    requests = [o.requests for o in outcomes]
+    delays = [o.delay * 1000 for o in outcomes if o.ok]
+    return {
+        "strategy": name,
+        "operations": len(outcomes),
+        "failed": sum(not o.ok for o in outcomes),
+        "requests_mean": mean(requests),
+        "requests_p95": percentile(requests, 95),
+        "delay_p50_ms": percentile(delays, 50),
+        "delay_p95_ms": percentile(delays, 95),
+        "delay_max_ms": max(delays) if delays else float("nan"),
+        "server_cpu_ms_per_op": cpu / max(len(outcomes), 1) * 1000,
+        "wall_s": wall,
+    }
 
 
 def run(count: int, clients: int, *, smoke: bool = False) -> list[dict[str, object]]:
@@ -163,22 +182,7 @@ def run(count: int, clients: int, *, smoke: bool = False) -> list[dict[str, obje
             outcomes = asyncio.run(_run_workload(strategy, polling, url, jobs, clients))
             wall = time.monotonic() - started
             cpu = cpu_seconds(pid) - cpu_before
-        requests = [o.requests for o in outcomes]
-        delays = [o.delay * 1000 for o in outcomes if o.ok]
-        rows.append(
-            {
-                "strategy": name,
-                "operations": len(outcomes),
-                "failed": sum(not o.ok for o in outcomes),
-                "requests_mean": mean(requests),
-                "requests_p95": percentile(requests, 95),
-                "delay_p50_ms": percentile(delays, 50),
-                "delay_p95_ms": percentile(delays, 95),
-                "delay_max_ms": max(delays) if delays else float("nan"),
-                "server_cpu_ms_per_op": cpu / max(len(outcomes), 1) * 1000,
-                "wall_s": wall,
-            }
-        )
+        rows.append(summarise(name, outcomes, cpu, wall))
         print(f"  {name}: done in {wall:.1f} s", flush=True)
     return rows
 

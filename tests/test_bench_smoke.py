@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,5 +35,11 @@ def test_bench_smoke_runs_and_reports():
     assert rows["repoll, long-poll"]["requests_mean"] <= 3
     scale = json.loads((results / "scale.json").read_text())
     assert all(row["all_200"] for row in scale["held"])
+    if "distributed: skipped" not in result.stdout:
+        distributed = json.loads((results / "distributed.json").read_text())
+        assert distributed["smoke"] is True
+        assert all(row["failed"] == 0 for row in distributed["rows"])
+    elif os.environ.get("CI"):
+        pytest.fail("CI must run the distributed benchmark: " + result.stdout[-300:])
     throughput = json.loads((results / "throughput.json").read_text())
     assert all(row["rps"] > 0 for row in throughput["rows"])

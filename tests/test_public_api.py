@@ -11,6 +11,7 @@ import repoll
 from repoll._errors import MissingExtraError, require
 
 PUBLIC = {
+    "CeleryExecutor",
     "cookie_principal",
     "StoreUnavailable",
     "DuplicateOperation",

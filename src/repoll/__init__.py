@@ -37,6 +37,7 @@ from ._store import MemoryStore, Store
 from ._testing import is_testing, set_testing, testing
 
 if TYPE_CHECKING:
+    from ._celery import CeleryExecutor
     from ._handle import AsyncOperationHandle, OperationHandle
     from ._httpx import AsyncPollingTransport, PollingTransport
     from ._install import install
@@ -58,6 +59,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncOperationHandle",
     "AsyncPollingTransport",
+    "CeleryExecutor",
     "CrossOriginError",
     "DuplicateOperation",
     "Executor",
@@ -106,6 +108,7 @@ __all__ = [
 
 # Names whose modules import optional dependencies: loaded on first use.
 _LAZY: dict[str, str] = {
+    "CeleryExecutor": "._celery",
     "AsyncOperationHandle": "._handle",
     "OperationHandle": "._handle",
     "PollingAdapter": "._requests",

@@ -31,8 +31,9 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._errors import require
@@ -255,62 +256,109 @@ def make_celery(broker: str = DEFAULT_BROKER) -> celery.Celery:
         worker_enable_remote_control=False,  # no pidbox queue: workers need no names
     )
 
+    runtime: list[WorkerRuntime] = []  # made on the first task, in the worker only
+
+    def runtime_of() -> WorkerRuntime:
+        if not runtime:
+            runtime.append(WorkerRuntime(threads=max(int(app.conf.worker_concurrency or 4), 4)))
+        return runtime[0]
+
     @app.task(name=TASK)  # type: ignore[untyped-decorator]
     def run_operation(payload: str) -> None:
-        asyncio.run(execute(json.loads(payload)))
+        runtime_of().run(json.loads(payload), rerun=False)
 
     @app.task(name=RERUN_TASK, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
     def run_operation_rerunnable(payload: str) -> None:
-        asyncio.run(execute(json.loads(payload), rerun=True))
+        runtime_of().run(json.loads(payload), rerun=True)
 
     return app
 
 
-@asynccontextmanager
-async def _heartbeats(store: Store, ttl: float, interval: float) -> AsyncIterator[None]:
-    async def beat() -> None:
+class WorkerRuntime:
+    """One event loop per worker process, on its own thread, shared by every task.
+
+    Celery runs tasks on its threads; each hands its operation to this loop and
+    waits. So a worker keeps one store connection (pool) per store URL, one
+    subscription for cancellations and one heartbeat, whatever its concurrency.
+    """
+
+    def __init__(self, threads: int = 16) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="repoll-sync")
+        self.loop.set_default_executor(self._threads)
+        self._stores: dict[str, Store] = {}
+        self._lock: asyncio.Lock | None = None
+        self.operations: dict[str, WorkerOperation] = {}
+        threading.Thread(target=self.loop.run_forever, name="repoll-worker", daemon=True).start()
+
+    def run(self, payload: dict[str, Any], *, rerun: bool) -> None:
+        """Run one operation (blocking the calling thread until it ends)."""
+        future = asyncio.run_coroutine_threadsafe(
+            execute(payload, rerun=rerun, runtime=self), self.loop
+        )
+        future.result()
+
+    async def store_for(self, payload: dict[str, Any]) -> Store:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            url = payload["store"]
+            store = self._stores.get(url)
+            if store is None:
+                store = store_from_url(url)
+                await store.open()
+                await store.subscribe(self._on_event)
+                ttl, interval = payload["owner_ttl"], payload["heartbeat_interval"]
+                await store.heartbeat(WORKER_ID, ttl=ttl)
+                self.loop.create_task(self._beat(store, ttl, interval))
+                self._stores[url] = store
+            return store
+
+    def _on_event(self, kind: str, operation_id: str) -> None:
+        operation = self.operations.get(operation_id)
+        if kind == "cancel" and operation is not None:
+            operation.request_cancel()
+
+    @staticmethod
+    async def _beat(store: Store, ttl: float, interval: float) -> None:
         while True:
+            await asyncio.sleep(interval)
             with contextlib.suppress(RepollError):
                 await store.heartbeat(WORKER_ID, ttl=ttl)
-            await asyncio.sleep(interval)
-
-    await store.heartbeat(WORKER_ID, ttl=ttl)
-    task = asyncio.get_running_loop().create_task(beat())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
-async def execute(payload: dict[str, Any], *, rerun: bool = False) -> None:
+async def execute(
+    payload: dict[str, Any], *, rerun: bool = False, runtime: WorkerRuntime | None = None
+) -> None:
     """Run one operation on this worker and store its outcome."""
     from ._server import ENDPOINTS, _current_operation  # noqa: PLC0415 - avoid a cycle
 
-    store = store_from_url(payload["store"])
-    await store.open()
+    if runtime is not None:
+        store = await runtime.store_for(payload)
+    else:  # a one-off: its own connection, for tests and scripts
+        store = store_from_url(payload["store"])
+        await store.open()
+        await store.heartbeat(WORKER_ID, ttl=payload["owner_ttl"])
     try:
-        async with _heartbeats(store, payload["owner_ttl"], payload["heartbeat_interval"]):
-            live = await store.live_owners()
-            claimed = await _claim(store, payload["operation"], live, rerun=rerun)
-            if claimed is None:
-                return  # ended already (canceled, or declared lost): nothing to do
-            operation = WorkerOperation(store, claimed)
-            await store.subscribe(
-                lambda kind, op_id: (
-                    operation.request_cancel()
-                    if kind == "cancel" and op_id == operation.id
-                    else None
-                )
-            )
+        live = await store.live_owners()
+        claimed = await _claim(store, payload["operation"], live, rerun=rerun)
+        if claimed is None:
+            return  # ended already (canceled, or declared lost): nothing to do
+        operation = WorkerOperation(store, claimed)
+        if runtime is not None:
+            runtime.operations[operation.id] = operation
+        try:
             if claimed.cancel_requested:
                 operation.request_cancel()
             endpoint = ENDPOINTS.get(payload["endpoint"])
             response = await _call(endpoint, payload, operation, _current_operation)
             await _record(store, operation, response, payload["retention"])
+        finally:
+            if runtime is not None:
+                runtime.operations.pop(operation.id, None)
     finally:
-        await store.close()
+        if runtime is None:
+            await store.close()
 
 
 async def _claim(
@@ -360,7 +408,8 @@ async def _call(
             result = await task
         else:
             context = contextvars.copy_context()
-            result = await asyncio.to_thread(context.run, functools.partial(endpoint, **arguments))
+            call = functools.partial(context.run, functools.partial(endpoint, **arguments))
+            result = await asyncio.get_running_loop().run_in_executor(None, call)
     except (asyncio.CancelledError, OperationCanceled) as exc:
         return replies.canceled_response(), exc
     except Exception as exc:
