@@ -62,6 +62,9 @@ class Operation:
     # The instance (server process or worker) running the work; when it stops
     # sending heartbeats, another instance declares the work lost.
     owner: str | None = None
+    # The start asked for 202 (Prefer: respond-async): polls get 202 too, so a
+    # poller that never repeats the preference (azure-core, say) keeps its style.
+    respond_async: bool = False
 
     def apply(
         self,
@@ -133,6 +136,7 @@ _RECORD_FIELDS = (
     "cancel_requested",
     "request_digest",
     "owner",
+    "respond_async",
 )
 
 
@@ -164,6 +168,7 @@ def decode_row(row: Sequence[Any]) -> Operation:
         headers = tuple((str(k), str(v)) for k, v in meta["headers"])
         response = StoredResponse(int(meta["status"]), headers, bytes(body))
     record.setdefault("owner", None)
+    record.setdefault("respond_async", False)
     record.setdefault("request_digest", None)
     return Operation(
         id=op_id,

@@ -6,7 +6,9 @@ Each function turns an operation record (and what the request prefers) into a
 
 from __future__ import annotations
 
+import html
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -50,6 +52,85 @@ def pending(
         status = 202
         headers.append((h.PREFERENCE_APPLIED, "respond-async"))
     return Reply(status, headers, operation.status_json())
+
+
+def progress_page(
+    operation: Operation, *, operation_url: str, interval: float, now: float
+) -> Reply:
+    """For a person in a browser: a small page that comes back by itself (``Refresh``)."""
+    refresh = max(1, math.ceil(interval))
+    progress = operation.progress
+    percent = f"{progress:.0%}" if progress is not None else "unknown"
+    elapsed = max(now - operation.created_at, 0.0)
+    message = html.escape(operation.message or "")
+    url = html.escape(operation_url, quote=True)
+    bar = (
+        f'<progress id="progress" max="1" value="{progress:.3f}" aria-describedby="status">'
+        f"{percent}</progress>"
+        if progress is not None
+        else '<progress id="progress" aria-describedby="status">working</progress>'
+    )
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Working: {percent}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:32rem;margin:4rem auto;padding:0 1rem}}
+progress{{width:100%;height:1.5rem}}</style></head>
+<body><main>
+<h1>Your request is being processed</h1>
+{bar}
+<p id="status" role="status" aria-live="polite">Status: <strong>{operation.status.value}</strong>,
+progress: <strong>{percent}</strong>, elapsed: <span id="elapsed">{elapsed:.0f} s</span>.</p>
+<p id="message">{message}</p>
+<p>This page refreshes itself every {refresh} s and shows the result when it is ready.
+<a href="{url}">Check now</a>.</p>
+</main></body></html>
+"""
+    headers: Headers = [
+        ("content-type", "text/html; charset=utf-8"),
+        ("refresh", f"{refresh}; url={operation_url}"),
+        ("location", operation_url),
+        *h.retry_after_headers(interval).items(),
+        (h.OPERATION_STATUS, operation.status.value),
+        _NO_STORE,
+    ]
+    return Reply(202, headers, page.encode())
+
+
+def sse_event(event: str, data: bytes) -> bytes:
+    """One server-sent event; ``data`` is one line of JSON."""
+    return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
+
+
+CORS_EXPOSED = (
+    "Location, Retry-After, Retry-After-Ms, Operation-Status, Content-Location, Preference-Applied"
+)
+
+
+def cors_headers(origin: str, allowed: frozenset[str]) -> list[tuple[str, str]]:
+    """CORS answer headers for ``origin`` if it is allowed, else none."""
+    if not origin or not allowed or (origin not in allowed and "*" not in allowed):
+        return []
+    return [
+        ("access-control-allow-origin", origin),
+        ("access-control-allow-credentials", "true"),
+        ("access-control-expose-headers", CORS_EXPOSED),
+        ("vary", "Origin"),
+    ]
+
+
+def preflight(origin: str, allowed: frozenset[str]) -> Reply:
+    headers = cors_headers(origin, allowed)
+    if headers:
+        headers += [
+            ("access-control-allow-methods", "GET, HEAD, DELETE"),
+            (
+                "access-control-allow-headers",
+                "Prefer, Authorization, Idempotency-Key, Content-Type",
+            ),
+            ("access-control-max-age", "600"),
+        ]
+    return Reply(204, headers, b"")
 
 
 def final(operation: Operation, *, operation_url: str) -> Reply:

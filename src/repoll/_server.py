@@ -24,7 +24,9 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
+import importlib.resources
 import inspect
+import json
 import logging
 import os
 import socket
@@ -114,6 +116,17 @@ def _header_values(scope: Scope, name: bytes) -> Iterable[str]:
     return (v.decode("latin-1") for k, v in scope.get("headers", ()) if k == name)
 
 
+def wants_page(scope: Scope, preferences: Preferences) -> bool:
+    """A browser navigating (it accepts HTML), not a script that asked for 202."""
+    if preferences.respond_async:
+        return False
+    return any("text/html" in value for value in _header_values(scope, b"accept"))
+
+
+def _wants_events(scope: Scope) -> bool:
+    return any("text/event-stream" in value for value in _header_values(scope, b"accept"))
+
+
 def _route_path(scope: Scope) -> str:
     # Group history by route template (/items/{id}), not by concrete path.
     route_path = getattr(scope.get("route"), "path", None)
@@ -174,6 +187,7 @@ class PollingServer:
         max_operations: int = 10_000,
         max_operations_per_principal: int = 100,
         heartbeat_interval: float = 2.0,
+        cors_origins: Iterable[str] = (),
     ) -> None:
         if store is None:
             store = DEFAULT_STORE_URL
@@ -196,6 +210,7 @@ class PollingServer:
         # silent for owner_ttl seconds.
         self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.heartbeat_interval = heartbeat_interval
+        self.cors_origins = frozenset(cors_origins)
         self.owner_ttl = heartbeat_interval * 5
         self._maintenance: asyncio.Task[None] | None = None
         self._notifier = _Notifier()
@@ -445,9 +460,12 @@ class PollingServer:
             return replies.expired(op)
         if op.status.is_terminal:
             return replies.final(op, operation_url=url)
-        return replies.pending(
-            op, operation_url=url, preferences=preferences, interval=self.interval_for(op, now)
-        )
+        interval = self.interval_for(op, now)
+        if wants_page(scope, preferences):
+            return replies.progress_page(op, operation_url=url, interval=interval, now=now)
+        if op.respond_async and not preferences.respond_async:
+            preferences = dataclasses.replace(preferences, respond_async=True)
+        return replies.pending(op, operation_url=url, preferences=preferences, interval=interval)
 
     async def status_reply(self, scope: Scope, operation_id: str) -> replies.Reply:
         """The answer to ``GET`` on an operation URL, after holding it if due."""
@@ -457,11 +475,55 @@ class PollingServer:
         preferences = parse_prefer(_header_values(scope, b"prefer"))
         if not op.status.is_terminal:
             advertised = self.interval_for(op, time.time())
-            held = await self._hold(op.id, hold_seconds(preferences, advertised, self.pacing))
+            hold = hold_seconds(preferences, advertised, self.pacing)
+            if wants_page(scope, preferences):
+                hold = 0.0  # a person sees the page at once; its Refresh paces the browser
+            held = await self._hold(op.id, hold)
             if held is None:
                 return replies.not_found()
             op = held
         return self._answer(scope, op, preferences)
+
+    async def stream_events(
+        self, scope: Scope, send: Send, operation_id: str, cors: list[tuple[str, str]]
+    ) -> None:
+        """``Accept: text/event-stream``: status events until the outcome, then the end."""
+        op = await self._visible(scope, operation_id)
+        if op is None:
+            reply = replies.not_found()
+            reply.headers.extend(cors)
+            await _send_reply(send, reply)
+            return
+        headers = [
+            (b"content-type", b"text/event-stream"),
+            (b"cache-control", b"no-store"),
+            (b"x-accel-buffering", b"no"),
+            *((k.encode(), v.encode()) for k, v in cors),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        last: tuple[Any, ...] | None = None
+        deadline = time.monotonic() + self.retention
+        while op is not None and time.monotonic() < deadline:
+            seen = (op.status, op.progress, op.message)
+            if seen != last:
+                last = seen
+                event = "outcome" if op.status.is_terminal else "status"
+                document = op.status_document()
+                if op.response is not None:
+                    document["response_status"] = op.response.status
+                body = json.dumps(document, separators=(",", ":")).encode()
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": replies.sse_event(event, body),
+                        "more_body": True,
+                    }
+                )
+            if op.status.is_terminal:
+                break
+            # Ends wake at once; progress is re-read at most every half second.
+            op = await self._hold(op.id, 0.5)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def cancel_reply(self, scope: Scope, operation_id: str) -> replies.Reply:
         """The answer to ``DELETE`` on an operation URL."""
@@ -752,6 +814,7 @@ class _DeferrableRequest:
             idempotency_key=key_digest,
             request_digest=request_digest,
             owner=server.instance_id,
+            respond_async=parse_prefer(_header_values(self.scope, b"prefer")).respond_async,
         )
         try:
             await server.store.create(op)
@@ -883,6 +946,19 @@ class _DeferrableRequest:
         )
 
 
+CLIENT_MODULE = "client.js"
+
+
+@functools.cache
+def _client_module_reply() -> replies.Reply:
+    source = importlib.resources.files("repoll").joinpath("static/repoll.js").read_bytes()
+    return replies.Reply(
+        200,
+        [("content-type", "text/javascript; charset=utf-8"), ("cache-control", "max-age=3600")],
+        source,
+    )
+
+
 async def _send_reply(send: Send, reply: replies.Reply, *, head: bool = False) -> None:
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
     if not any(k == b"content-length" for k, _ in headers):
@@ -932,6 +1008,17 @@ class PollingMiddleware:
     async def _operation(self, scope: Scope, send: Send, operation_id: str) -> None:
         server = self.server
         method = scope["method"]
+        origin = next(iter(_header_values(scope, b"origin")), "")
+        cors = replies.cors_headers(origin, server.cors_origins)
+        if method == "OPTIONS":
+            await _send_reply(send, replies.preflight(origin, server.cors_origins))
+            return
+        if operation_id == CLIENT_MODULE and method in {"GET", "HEAD"}:
+            await _send_reply(send, _client_module_reply(), head=method == "HEAD")
+            return
+        if method == "GET" and _wants_events(scope):
+            await server.stream_events(scope, send, operation_id, cors)
+            return
         try:
             if method in {"GET", "HEAD"}:
                 reply = await server.status_reply(scope, operation_id)
@@ -942,6 +1029,7 @@ class PollingMiddleware:
         except StoreUnavailable:
             logger.warning("store unavailable", exc_info=True)
             reply = replies.store_unavailable()
+        reply.headers.extend(cors)
         await _send_reply(send, reply, head=method == "HEAD")
         with contextlib.suppress(StoreUnavailable):
             await server._maybe_purge()
@@ -979,7 +1067,10 @@ class PollingMiddleware:
         if op is None:  # pragma: no cover - the record was created a moment ago
             await _send_reply(send, replies.not_found())
             return
-        await _send_reply(send, server._answer(scope, op, preferences))
+        reply = server._answer(scope, op, preferences)
+        origin = next(iter(_header_values(scope, b"origin")), "")
+        reply.headers.extend(replies.cors_headers(origin, server.cors_origins))
+        await _send_reply(send, reply)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def receive_hooked() -> Message:
