@@ -34,6 +34,11 @@ _ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{22}")
 _MAX_DELAY_S: Final = 7 * 24 * 3600.0
 
 
+def _is_digits(text: str) -> bool:
+    # str.isdigit() accepts "¹" and other non-ASCII digits that int() refuses.
+    return text.isascii() and text.isdigit()
+
+
 def new_operation_id() -> str:
     """An unguessable operation id (128 random bits)."""
     return secrets.token_urlsafe(_ID_BYTES)
@@ -56,7 +61,7 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
     if value is None:
         return None
     text = value.strip()
-    if text.isdigit():
+    if _is_digits(text):
         seconds = float(int(text))
         return seconds if seconds <= _MAX_DELAY_S else None
     try:
@@ -74,7 +79,7 @@ def parse_retry_after_ms(value: str | None) -> float | None:
     if value is None:
         return None
     text = value.strip()
-    if not text.isdigit():
+    if not _is_digits(text):
         return None
     seconds = int(text) / 1000.0
     return seconds if seconds <= _MAX_DELAY_S else None
@@ -133,7 +138,7 @@ def parse_prefer(values: Iterable[str]) -> Preferences:
                 raw = raw[1:-1]
             if name == "respond-async":
                 respond_async = True
-            elif name == "wait" and raw is not None and raw.isdigit():
+            elif name == "wait" and raw is not None and _is_digits(raw):
                 wait = min(float(int(raw)), _MAX_DELAY_S)
     return Preferences(respond_async=respond_async, wait=wait)
 
