@@ -130,6 +130,23 @@ def serve(
     return 0
 
 
+def check_command(args: argparse.Namespace) -> int:
+    """``repoll check``: the protocol's clauses against a server; 1 on a MUST failure."""
+    require("httpx", "client")
+    from ._check import main as check_main  # noqa: PLC0415
+
+    try:
+        headers = _headers_from(args.header)
+        body = _body_from(args.data, args.json, headers)
+    except (ValueError, OSError) as exc:
+        print(f"repoll: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    method = args.method or "POST"
+    return check_main(
+        args.url, method, body, headers, timeout=args.timeout, as_json=args.format == "json"
+    )
+
+
 def worker(args: argparse.Namespace) -> int:
     """Import the app (which registers its deferred endpoints), then consume tasks."""
     require("celery", "celery")
@@ -325,6 +342,18 @@ def _parser() -> argparse.ArgumentParser:
     worker_cmd.add_argument("--queue", default="repoll")
     worker_cmd.add_argument("--concurrency", type=int, default=4, help="threads (default 4)")
 
+    check_cmd = commands.add_parser(
+        "check", help="check a server against the protocol, clause by clause"
+    )
+    check_cmd.add_argument("url", help="a deferred endpoint (its work should last a few seconds)")
+    check_cmd.add_argument("-X", "--request", dest="method", help="method (default POST)")
+    check_body = check_cmd.add_mutually_exclusive_group()
+    check_body.add_argument("-d", "--data", help="request body (@FILE reads a file)")
+    check_body.add_argument("--json", help="JSON request body (sets Content-Type)")
+    check_cmd.add_argument("-H", "--header", action="append", default=[])
+    check_cmd.add_argument("--timeout", type=float, default=60.0, help="for the outcome (s)")
+    check_cmd.add_argument("--format", choices=["table", "json"], default="table")
+
     for name, help_text in (
         ("request", "send a request; follow its operation to the final answer"),
         ("wait", "wait on an operation URL (from request --no-wait) and print its answer"),
@@ -365,6 +394,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return demo(args.seconds, fail=args.fail, long_poll=args.long_poll or None)
         if args.command in {"request", "wait"}:
             return request_command(args)
+        if args.command == "check":
+            return check_command(args)
         if args.command == "worker":
             return worker(args)
         return serve(

@@ -1,0 +1,283 @@
+"""``repoll check``: run the protocol's clauses against any server and report each.
+
+Each clause names its level (MUST or SHOULD, as docs/protocol.md words it)
+and what was seen. The start request is sent three times (plain, with
+``Prefer: respond-async``, and once more to cancel), so the endpoint should
+start work that lasts a few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import urljoin
+
+from ._errors import require
+
+require("httpx", "client")
+
+import httpx  # noqa: E402 - after the extra check, for its clear message
+
+from . import _headers as h  # noqa: E402
+from ._poll import same_origin  # noqa: E402
+
+TERMINAL = {"succeeded", "failed", "canceled"}
+PENDING = {"queued", "running"}
+
+
+@dataclass
+class Clause:
+    name: str
+    level: str  # MUST or SHOULD
+    text: str
+    result: str = "skip"  # pass, fail, skip
+    saw: str = "not reached"
+
+
+@dataclass
+class Check:
+    url: str
+    method: str = "POST"
+    body: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    timeout: float = 60.0
+    clauses: dict[str, Clause] = field(default_factory=dict)
+
+    def clause(self, name: str, level: str, text: str) -> Clause:
+        return self.clauses.setdefault(name, Clause(name, level, text))
+
+    def verdict(self, name: str, level: str, text: str, ok: bool, saw: str) -> bool:
+        clause = self.clause(name, level, text)
+        clause.result, clause.saw = ("pass" if ok else "fail"), saw
+        return ok
+
+
+def _describe(response: httpx.Response) -> str:
+    wanted = (
+        "location",
+        "retry-after",
+        "retry-after-ms",
+        "operation-status",
+        "cache-control",
+        "content-location",
+        "preference-applied",
+        "content-type",
+    )
+    shown = ", ".join(f"{k}: {response.headers[k]}" for k in wanted if k in response.headers)
+    return f"{response.status_code}" + (f" ({shown})" if shown else "")
+
+
+CLAUSES: list[tuple[str, str, str]] = [
+    ("start-answer", "MUST", "a deferred start answers 303 (or 202) with Location"),
+    ("location-same-origin", "MUST", "the operation URL is on the request's origin"),
+    ("retry-after", "MUST", "pending answers carry Retry-After in whole seconds"),
+    ("retry-after-ms", "SHOULD", "pending answers carry Retry-After-Ms matching Retry-After"),
+    ("operation-status", "MUST", "pending answers carry Operation-Status queued or running"),
+    ("status-document", "SHOULD", "pending answers carry a JSON status document (id, status)"),
+    ("no-store", "MUST", "operation responses carry Cache-Control: no-store"),
+    ("respond-async", "MUST", "Prefer: respond-async gets 202 with Preference-Applied"),
+    ("wait-zero", "MUST", "Prefer: wait=0 is answered at once"),
+    ("pacing", "MUST", "a status GET without Prefer is held, not answered at once"),
+    (
+        "final-replay",
+        "MUST",
+        "the outcome carries a terminal Operation-Status and Content-Location",
+    ),
+    ("final-stable", "MUST", "the outcome is the same on every later GET"),
+    ("unknown-404", "MUST", "an unknown id gets 404 problem+json without Operation-Status"),
+    ("malformed-404", "SHOULD", "a malformed id gets 404"),
+    ("cancel", "SHOULD", "DELETE cancels: 200/202, then a canceled outcome"),
+    ("method-405", "SHOULD", "other methods on an operation URL get 405 with Allow"),
+]
+
+
+def run_check(check: Check, client: httpx.Client) -> list[Clause]:
+    for name, level, text in CLAUSES:
+        check.clause(name, level, text)
+    started = _start(check, client, {})
+    if started is not None:
+        operation = started[0]
+        _pending_clauses(check, client, operation)
+        _outcome_clauses(check, client, operation)
+        _error_clauses(check, client, operation)
+    async_operation = _start(check, client, {"prefer": "respond-async"}, record=False)
+    if async_operation is not None:
+        response = async_operation[1]
+        check.verdict(
+            "respond-async",
+            "MUST",
+            "",
+            response.status_code == 202
+            and "respond-async" in response.headers.get("preference-applied", ""),
+            _describe(response),
+        )
+        _cancel_clause(check, client, async_operation[0])
+    return list(check.clauses.values())
+
+
+def _start(
+    check: Check, client: httpx.Client, extra: dict[str, str], *, record: bool = True
+) -> tuple[str, httpx.Response] | None:
+    response = client.request(
+        check.method, check.url, content=check.body, headers={**check.headers, **extra}
+    )
+    location = response.headers.get("location")
+    ok = response.status_code in (202, 303) and location is not None
+    if record:
+        check.verdict("start-answer", "MUST", "", ok, _describe(response))
+    if not ok or location is None:
+        return None
+    operation_url = urljoin(str(response.url), location)
+    if record:
+        check.verdict(
+            "location-same-origin", "MUST", "", same_origin(operation_url, check.url), operation_url
+        )
+        _pending_response_clauses(check, response)
+    return operation_url, response
+
+
+def _pending_response_clauses(check: Check, response: httpx.Response) -> None:
+    seen = _describe(response)
+    retry_after = response.headers.get("retry-after", "")
+    check.verdict("retry-after", "MUST", "", retry_after.strip().isdigit(), seen)
+    ms = response.headers.get("retry-after-ms", "")
+    consistent = (
+        ms.strip().isdigit()
+        and retry_after.strip().isdigit()
+        and -(-int(ms) // 1000) == int(retry_after)
+    )
+    check.verdict("retry-after-ms", "SHOULD", "", consistent, seen)
+    check.verdict(
+        "operation-status", "MUST", "", response.headers.get(h.OPERATION_STATUS) in PENDING, seen
+    )
+    try:
+        document = response.json()
+        ok = isinstance(document, dict) and "id" in document and "status" in document
+    except ValueError:
+        ok = False
+    check.verdict("status-document", "SHOULD", "", ok, response.text[:120])
+    check.verdict(
+        "no-store", "MUST", "", "no-store" in response.headers.get("cache-control", ""), seen
+    )
+
+
+def _timed(call: Callable[[], httpx.Response]) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    response = call()
+    return response, time.monotonic() - started
+
+
+def _pending_clauses(check: Check, client: httpx.Client, operation: str) -> None:
+    response, took = _timed(lambda: client.get(operation, headers={"prefer": "wait=0"}))
+    if response.headers.get(h.OPERATION_STATUS) in TERMINAL:
+        return  # the work ended already: nothing to pace
+    check.verdict("wait-zero", "MUST", "", took < 1.0, f"after {took:.2f} s: {_describe(response)}")
+    response, took = _timed(lambda: client.get(operation))
+    final = response.headers.get(h.OPERATION_STATUS) in TERMINAL
+    check.verdict(
+        "pacing", "MUST", "", took >= 0.5 or final, f"after {took:.2f} s: {_describe(response)}"
+    )
+
+
+def _outcome_clauses(check: Check, client: httpx.Client, operation: str) -> None:
+    deadline = time.monotonic() + check.timeout
+    response = client.get(operation, headers={"prefer": "wait=10"})
+    polls = 1
+    while response.headers.get(h.OPERATION_STATUS) in PENDING or (
+        response.status_code in (202, 303)
+        and h.OPERATION_STATUS not in response.headers
+        and polls < 100
+    ):
+        if time.monotonic() > deadline:
+            check.verdict(
+                "final-replay", "MUST", "", False, f"still pending after {check.timeout} s"
+            )
+            return
+        if h.OPERATION_STATUS not in response.headers:
+            time.sleep(0.5)  # a server that does not hold: do not spin
+        response = client.get(operation, headers={"prefer": "wait=10"})
+        polls += 1
+    ok = (
+        response.headers.get(h.OPERATION_STATUS) in TERMINAL
+        and response.headers.get("content-location") is not None
+        and urljoin(operation, response.headers["content-location"]) == operation
+    )
+    check.verdict("final-replay", "MUST", "", ok, _describe(response))
+    if "no-store" not in response.headers.get("cache-control", ""):
+        check.verdict("no-store", "MUST", "", False, "final: " + _describe(response))
+    again = client.get(operation)
+    stable = (again.status_code, again.content) == (response.status_code, response.content)
+    check.verdict("final-stable", "MUST", "", stable, _describe(again))
+
+
+def _error_clauses(check: Check, client: httpx.Client, operation: str) -> None:
+    base = operation.rsplit("/", 1)[0]
+    unknown = client.get(f"{base}/{'A' * 22}")
+    check.verdict(
+        "unknown-404",
+        "MUST",
+        "",
+        unknown.status_code == 404
+        and unknown.headers.get("content-type", "").startswith(h.PROBLEM_JSON)
+        and h.OPERATION_STATUS not in unknown.headers,
+        _describe(unknown),
+    )
+    malformed = client.get(f"{base}/not-an-operation-id")
+    check.verdict("malformed-404", "SHOULD", "", malformed.status_code == 404, _describe(malformed))
+    wrong = client.post(operation)
+    check.verdict(
+        "method-405",
+        "SHOULD",
+        "",
+        wrong.status_code == 405 and "allow" in wrong.headers,
+        _describe(wrong),
+    )
+
+
+def _cancel_clause(check: Check, client: httpx.Client, operation: str) -> None:
+    deleted = client.delete(operation)
+    if deleted.status_code not in (200, 202):
+        check.verdict("cancel", "SHOULD", "", False, "DELETE: " + _describe(deleted))
+        return
+    outcome = client.get(operation, headers={"prefer": "wait=10"})
+    status = outcome.headers.get(h.OPERATION_STATUS)
+    check.verdict(
+        "cancel",
+        "SHOULD",
+        "",
+        status in TERMINAL,
+        f"DELETE {deleted.status_code}, then {_describe(outcome)}",
+    )
+
+
+def report(clauses: list[Clause]) -> str:
+    rows = [("clause", "level", "result", "saw")]
+    rows += [(c.name, c.level, c.result.upper(), c.saw[:110]) for c in clauses]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = [
+        "  ".join((r[0].ljust(widths[0]), r[1].ljust(widths[1]), r[2].ljust(widths[2]), r[3]))
+        for r in rows
+    ]
+    lines.insert(1, "-" * (sum(widths) + 40))
+    return "\n".join(lines)
+
+
+def main(
+    url: str,
+    method: str,
+    body: bytes | None,
+    headers: dict[str, str],
+    *,
+    timeout: float,
+    as_json: bool,
+) -> int:
+    with httpx.Client(timeout=max(timeout, 40.0)) as client:
+        clauses = run_check(Check(url, method, body, headers, timeout), client)
+    if as_json:
+        print(json.dumps([c.__dict__ for c in clauses], indent=2))
+    else:
+        print(report(clauses))
+    failed_must = [c.name for c in clauses if c.level == "MUST" and c.result == "fail"]
+    return 1 if failed_must else 0

@@ -1,0 +1,78 @@
+"""`repoll check`: every clause passes against the demo; the right ones fail elsewhere."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse
+from starlette.routing import Route
+
+from repoll._cli import running_server
+
+pytestmark = pytest.mark.slow
+
+
+def check(url: str, *args: str) -> tuple[int, dict[str, dict]]:
+    result = subprocess.run(
+        [sys.executable, "-m", "repoll._cli", "check", "--format", "json", *args, url],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    clauses = {c["name"]: c for c in json.loads(result.stdout)}
+    return result.returncode, clauses
+
+
+def test_every_clause_passes_against_the_demo(live):
+    code, clauses = check(f"{live.url}/start_work", "--json", '{"seconds": 2}')
+    assert {name: c["result"] for name, c in clauses.items()} == dict.fromkeys(clauses, "pass")
+    assert len(clauses) == 16
+    assert code == 0
+
+
+def seed_server() -> Starlette:
+    """The seed's protocol, literally: 303 to itself with Retry-After: 1, no holds, no markers."""
+    jobs: dict[str, float] = {}
+
+    async def start(request: Request) -> RedirectResponse:
+        job = str(len(jobs) + 1)
+        jobs[job] = time.monotonic() + 2
+        return RedirectResponse(f"/work/{job}", status_code=303, headers={"retry-after": "1"})
+
+    async def work(request: Request) -> JSONResponse | RedirectResponse:
+        job = request.path_params["job"]
+        if job not in jobs:
+            return JSONResponse({"error": "unknown"}, status_code=404)
+        if request.method == "DELETE":
+            return JSONResponse({"error": "no"}, status_code=405)
+        if time.monotonic() < jobs[job]:
+            await asyncio.sleep(0)
+            return RedirectResponse(f"/work/{job}", status_code=303, headers={"retry-after": "1"})
+        return JSONResponse({"result": "done"})
+
+    return Starlette(
+        routes=[
+            Route("/start_work", start, methods=["POST"]),
+            Route("/work/{job}", work, methods=["GET", "DELETE", "POST"]),
+        ]
+    )
+
+
+def test_a_seed_style_server_fails_the_right_clauses():
+    with running_server(seed_server()) as url:
+        code, clauses = check(f"{url}/start_work", "--timeout", "10")
+    results = {name: c["result"] for name, c in clauses.items()}
+    assert code == 1
+    for failing in ("operation-status", "no-store", "respond-async", "pacing", "unknown-404"):
+        assert results[failing] == "fail", (failing, clauses[failing])
+    for passing in ("start-answer", "location-same-origin", "retry-after", "wait-zero"):
+        assert results[passing] == "pass", (passing, clauses[passing])
+    assert results["final-replay"] == "fail"  # no Operation-Status, no Content-Location
