@@ -9,6 +9,7 @@ import asyncio
 import os
 import time
 from typing import Any
+from urllib.parse import parse_qs
 
 from ._errors import require
 
@@ -17,13 +18,17 @@ require("fastapi", "cli")
 from fastapi import FastAPI, Request  # noqa: E402 - after the extra check, for its clear message
 from fastapi.encoders import jsonable_encoder  # noqa: E402
 from fastapi.exceptions import RequestValidationError  # noqa: E402
-from fastapi.responses import JSONResponse  # noqa: E402
-from pydantic import BaseModel, Field  # noqa: E402
+from fastapi.responses import HTMLResponse, JSONResponse  # noqa: E402
+from pydantic import (  # noqa: E402
+    BaseModel,
+    Field,
+    ValidationError,
+)
 
 from ._executor import InProcessExecutor  # noqa: E402
 from ._headers import PROBLEM_JSON  # noqa: E402
 from ._install import install  # noqa: E402
-from ._server import PollingServer, deferred, report_progress  # noqa: E402
+from ._server import PollingServer, defer, deferred, report_progress  # noqa: E402
 
 
 class WorkRequest(BaseModel):
@@ -42,6 +47,65 @@ class WorkResult(BaseModel):
 
 class DemoFailure(RuntimeError):
     """The demo work failing on request."""
+
+
+async def simulate(work: WorkRequest) -> WorkResult:
+    """``seconds`` of pretend work in steps, reporting progress; then the result (or a failure)."""
+    steps = max(1, min(int(work.seconds * 4), 200))
+    started = time.monotonic()
+    for step in range(1, steps + 1):
+        # Sleep to the step's deadline, so that reports don't drift.
+        await asyncio.sleep(max(0.0, started + work.seconds * step / steps - time.monotonic()))
+        report_progress(step / steps, f"step {step} of {steps}")
+    if work.fail:
+        msg = "the demo work failed, as requested"
+        raise DemoFailure(msg)
+    return WorkResult(result="done", seconds=work.seconds, steps=steps, finished_at=time.time())
+
+
+INDEX_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>repoll demo</title></head>
+<body><main>
+<h1>repoll demo</h1>
+<h2>A form</h2>
+<form method="post" action="/start_work_form">
+  <label>Seconds of work <input id="seconds" name="seconds" value="3"></label>
+  <label><input type="checkbox" name="fail"> fail at the end</label>
+  <button id="submit" type="submit">Start</button>
+</form>
+<h2>A script, with the ES module</h2>
+<button id="run-script" type="button">Run 2 s of work from a script</button>
+<button id="watch-events" type="button">Watch its events</button>
+<ol id="script-log"></ol>
+<pre id="script-result"></pre>
+<ol id="event-log"></ol>
+<script type="module">
+import { request, watch } from "/operations/client.js";
+const log = (list, text) => {
+  const item = document.createElement("li"); item.textContent = text;
+  document.getElementById(list).append(item);
+};
+document.getElementById("run-script").addEventListener("click", async () => {
+  const response = await request("/start_work", {
+    method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ seconds: 2 }),
+  }, { deadline: 60, longPoll: 1, onProgress: (hop) =>
+         log("script-log", `${hop.status} ${hop.operationStatus} ${hop.progress}`) });
+  const text = await response.text();
+  document.getElementById("script-result").textContent = `${response.status} ${text}`;
+});
+document.getElementById("watch-events").addEventListener("click", async () => {
+  const started = await fetch("/start_work", {
+    method: "POST", headers: { "Content-Type": "application/json", Prefer: "respond-async" },
+    body: JSON.stringify({ seconds: 2 }),
+  });
+  const outcome = await watch(started.headers.get("Location"),
+    (event) => log("event-log", `${event.status} ${event.progress}`));
+  log("event-log", `outcome ${outcome.status} ${outcome.response_status}`);
+});
+</script>
+</main></body></html>
+"""
 
 
 def create_app(store: Any = None, **options: Any) -> FastAPI:
@@ -84,16 +148,30 @@ def create_app(store: Any = None, **options: Any) -> FastAPI:
     @deferred
     async def start_work(work: WorkRequest) -> WorkResult:
         """Simulate `seconds` of work, reporting progress; then answer (or fail)."""
-        steps = max(1, min(int(work.seconds * 4), 200))
-        started = time.monotonic()
-        for step in range(1, steps + 1):
-            # Sleep to the step's deadline, so that reports don't drift.
-            await asyncio.sleep(max(0.0, started + work.seconds * step / steps - time.monotonic()))
-            report_progress(step / steps, f"step {step} of {steps}")
-        if work.fail:
-            msg = "the demo work failed, as requested"
-            raise DemoFailure(msg)
-        return WorkResult(result="done", seconds=work.seconds, steps=steps, finished_at=time.time())
+        return await simulate(work)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        """A page to try it in a browser: a form, and the ES module from a script."""
+        return HTMLResponse(INDEX_PAGE)
+
+    @app.post("/start_work_form", response_class=HTMLResponse, include_in_schema=False)
+    async def start_work_form(request: Request) -> HTMLResponse:
+        """The same work from an HTML form; the answer is a page."""
+        fields = parse_qs((await request.body()).decode("utf-8", "replace"))
+        try:
+            work = WorkRequest(
+                seconds=float(fields.get("seconds", ["0"])[0]),
+                fail=fields.get("fail", [""])[0] in {"on", "true", "1"},
+            )
+        except (ValueError, ValidationError):
+            return HTMLResponse("<p>seconds must be a number from 0 to 3600</p>", status_code=422)
+        await defer()  # validated: from here on, an operation
+        result = await simulate(work)
+        return HTMLResponse(
+            f"<!doctype html><title>Done</title><main><h1 id='result'>Result: {result.result}</h1>"
+            f"<p>{result.seconds:g} s of work in {result.steps} steps.</p></main>"
+        )
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
