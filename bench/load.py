@@ -22,6 +22,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urljoin
 
 import httpx
 
@@ -65,7 +66,7 @@ async def client_loop(
             polls = 0
             while response.status_code == 202 and polls < 100:
                 response = await client.get(
-                    base + response.headers["location"],
+                    urljoin(base, response.headers["location"]),
                     headers={**headers, "prefer": "respond-async, wait=30"},
                 )
                 tally.requests += 1

@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import urljoin
 
 import httpx
 
@@ -63,7 +64,7 @@ def fixed(interval: float) -> Strategy:
         requests = 1
         while response.status_code == 202:
             await asyncio.sleep(interval)
-            response = await client.get(url + response.headers["location"], headers=NO_HOLD)
+            response = await client.get(urljoin(url, response.headers["location"]), headers=NO_HOLD)
             requests += 1
         return _finish(response, requests)
 
@@ -78,7 +79,7 @@ def backoff(initial: float = 1.0, factor: float = 1.5, cap: float = 20.0) -> Str
         while response.status_code == 202:
             await asyncio.sleep(rng.uniform(0, ceiling))  # full jitter
             ceiling = min(ceiling * factor, cap)
-            response = await client.get(url + response.headers["location"], headers=NO_HOLD)
+            response = await client.get(urljoin(url, response.headers["location"]), headers=NO_HOLD)
             requests += 1
         return _finish(response, requests)
 
@@ -93,7 +94,7 @@ def retry_after_only() -> Strategy:
         requests = 1
         while response.status_code == 202:
             await asyncio.sleep(int(response.headers.get("retry-after", "1")))
-            response = await client.get(url + response.headers["location"], headers=NO_HOLD)
+            response = await client.get(urljoin(url, response.headers["location"]), headers=NO_HOLD)
             requests += 1
         return _finish(response, requests)
 

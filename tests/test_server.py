@@ -92,7 +92,7 @@ async def test_start_answers_303_with_the_protocol_headers(setup):
     response = await client.post("/jobs", json={"seconds": 0.2})
     assert response.status_code == 303
     location = response.headers["location"]
-    assert location.startswith("/operations/")
+    assert location.startswith("http://test/operations/")
     assert len(location.rsplit("/", 1)[1]) == 22
     assert int(response.headers["retry-after"]) >= 1
     assert int(response.headers["retry-after-ms"]) > 0
@@ -110,7 +110,7 @@ async def test_respond_async_answers_202(setup):
     )
     assert response.status_code == 202
     assert response.headers["preference-applied"] == "respond-async"
-    assert response.headers["location"].startswith("/operations/")
+    assert response.headers["location"].startswith("http://test/operations/")
     poll = await client.get(
         response.headers["location"], headers={"prefer": "respond-async, wait=0"}
     )
@@ -165,7 +165,7 @@ async def test_prefer_wait_on_start_returns_the_final_response(setup):
     assert response.status_code == 201
     assert response.json() == {"slept": 0.05}
     assert response.headers["operation-status"] == "succeeded"
-    assert response.headers["content-location"].startswith("/operations/")
+    assert response.headers["content-location"].startswith("http://test/operations/")
 
 
 async def test_prefer_wait_on_start_that_runs_out_redirects(setup):
@@ -563,5 +563,21 @@ async def test_cookie_sessions_and_custom_principal_functions():
         assert (
             await c.get(location, headers={"x-tenant": "other", "prefer": "wait=0"})
         ).status_code == 404
+        seen["release"].set()
+    await server.close()
+
+
+async def test_operation_urls_are_absolute_unless_the_host_is_odd():
+    app, server, seen = build_app()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        normal = await c.post("/gated", headers={"host": "api.example:8443"})
+        assert normal.headers["location"].startswith("http://api.example:8443/operations/")
+        odd = await c.post("/gated", headers={"host": "evil.example/x?"})
+        assert odd.headers["location"].startswith("/operations/")
+        seen["release"].set()
+    await server.close()
+    app, server, seen = build_app(absolute_urls=False)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        assert (await c.post("/gated")).headers["location"].startswith("/operations/")
         seen["release"].set()
     await server.close()

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -111,7 +112,7 @@ def start(url: str, seconds: float) -> str:
         f"{url}/start_work", json={"seconds": seconds}, allow_redirects=False, timeout=30
     )
     assert response.status_code == 303, response.text
-    return response.headers["location"]
+    return urlsplit(response.headers["location"]).path  # to ask any instance
 
 
 def peek(url: str) -> requests.Response:

@@ -17,13 +17,23 @@ from ._poll import (  # noqa: E402
     Poll,
     PollOptions,
     first_request_headers,
-    is_polling_response,
+    needs_polling,
     poll_flow,
     same_origin,
 )
 from ._runners import Flow, adrive, drive  # noqa: E402
 
-POLLING_STATUSES = frozenset({202, 303})  # the cheap test first: most responses are neither
+POLLING_STATUSES = frozenset({202, 303})
+
+
+def _may_poll(response: httpx.Response) -> bool:
+    # The cheap test first: most responses are neither 202/303 nor Azure-style.
+    return response.status_code in POLLING_STATUSES or (
+        response.status_code in (200, 201)
+        and ("operation-location" in response.headers or "azure-asyncoperation" in response.headers)
+    )
+
+
 HOPS_EXTENSION = "repoll.hops"
 HISTORY_EXTENSION = "repoll.history"
 OPTIONS_EXTENSION = "repoll.options"
@@ -137,8 +147,8 @@ class PollingTransport(httpx.BaseTransport):
         if not self._shell.prepare(request):
             return self._inner.handle_request(request)
         response = self._inner.handle_request(request)
-        if not is_polling_response(observe(response, request)):
-            return response
+        if not _may_poll(response) or not needs_polling(observe(response, request)):
+            return response  # untouched, still streamable
         first = observe(response, request, response.read())
         response.close()
         history = [response]
@@ -179,8 +189,8 @@ class AsyncPollingTransport(httpx.AsyncBaseTransport):
         if not self._shell.prepare(request):
             return await self._inner.handle_async_request(request)
         response = await self._inner.handle_async_request(request)
-        if not is_polling_response(observe(response, request)):
-            return response
+        if not _may_poll(response) or not needs_polling(observe(response, request)):
+            return response  # untouched, still streamable
         first = observe(response, request, await response.aread())
         await response.aclose()
         history = [response]

@@ -39,6 +39,7 @@ monotonic clock reading, so the flow is deterministic under test.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
@@ -128,13 +129,47 @@ Action = Sleep | Poll
 
 
 def is_polling_response(response: Observed) -> bool:
-    """True if ``response`` says "not done yet, come back to Location"."""
+    """True if ``response`` says "not done yet, come back to Location".
+
+    A ``202`` with ``Location`` is one (the plain convention: poll Location
+    while it answers 202); a ``303`` needs ``Retry-After``/``Retry-After-Ms``
+    or ``Operation-Status`` to tell it from an ordinary redirect.
+    """
     if response.status not in (202, 303) or "location" not in response.headers:
         return False
     headers = response.headers
     if h.OPERATION_STATUS in headers:
         return not _is_terminal(headers[h.OPERATION_STATUS])
-    return h.RETRY_AFTER in headers or h.RETRY_AFTER_MS in headers
+    return response.status == 202 or h.RETRY_AFTER in headers or h.RETRY_AFTER_MS in headers
+
+
+_AZURE_MONITORS = ("azure-asyncoperation", "operation-location")
+_AZURE_PENDING = frozenset(
+    {"notstarted", "running", "inprogress", "accepted", "creating", "updating"}
+)
+
+
+def azure_monitor(response: Observed) -> str | None:
+    """The status monitor URL of an Azure-style long-running operation, if any."""
+    if response.status not in (200, 201, 202):
+        return None
+    for name in _AZURE_MONITORS:
+        if name in response.headers:
+            return urljoin(response.url, response.headers[name])
+    return None
+
+
+def needs_polling(response: Observed) -> bool:
+    """The first response starts something to follow: repoll, plain 202, or Azure-style."""
+    return is_polling_response(response) or azure_monitor(response) is not None
+
+
+def _json_body(response: Observed) -> dict[str, object]:
+    try:
+        document = json.loads(response.body) if response.body else None
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return document if isinstance(document, dict) else {}
 
 
 def _is_terminal(value: str) -> bool:
@@ -245,8 +280,23 @@ def poll_flow(
     # Retry-After honoured instead.
     server_holds = h.OPERATION_STATUS in first.headers
 
+    monitor = azure_monitor(first)
+    if monitor is not None and h.OPERATION_STATUS not in first.headers:
+        return (yield from _azure_flow(first, monitor, options, backoff, wall_clock))
+
     while True:
         transient = response is not first and is_transient_failure(response)
+        if (
+            not transient
+            and response is not first
+            and response.status == 303
+            and "location" in response.headers
+            and not is_polling_response(response)
+        ):
+            # A status URL answering a plain 303 when done ("see the result
+            # there"): fetch it once; that is the answer.
+            target = urljoin(response.url, response.headers["location"])
+            return (yield from _fetch_result(target, response, origin, options, wall_clock))
         if not transient and not is_polling_response(response):
             _report(options, response, wall_clock, None)
             return response
@@ -302,6 +352,97 @@ def poll_flow(
         polls += 1
         took = observed.at - response.at - delay
         server_holds = bool(hold) and took >= min(0.5 * (hold or 0.0), 1.0)
+        response = observed
+
+
+def _fetch_result(
+    target: str,
+    response: Observed,
+    origin: str,
+    options: PollOptions,
+    wall_clock: Callable[[], float],
+) -> Generator[Action, Observed | None, Observed]:
+    """The operation ended elsewhere: GET its result once; that is the answer."""
+    if not same_origin(target, origin) and not options.allow_cross_origin:
+        msg = f"the result is on another origin ({target}); set allow_cross_origin=True"
+        raise CrossOriginError(msg)
+    _report(options, response, wall_clock, 0.0)
+    final = yield Poll(target, {})
+    if final is None:
+        msg = "the runner must send the poll's response back into the flow"
+        raise ProtocolError(msg)
+    _report(options, final, wall_clock, None)
+    return final
+
+
+def _azure_flow(
+    first: Observed,
+    monitor: str,
+    options: PollOptions,
+    backoff: _Backoff,
+    wall_clock: Callable[[], float],
+) -> Generator[Action, Observed | None, Observed]:
+    """Azure-style: poll the status monitor until its ``status`` ends, then fetch the result.
+
+    The result is ``resourceLocation`` from the monitor when given, else the
+    original URL for PUT/PATCH, else the first response's ``Location``, else
+    the monitor's own answer. ``Failed``/``Canceled`` answer with the monitor.
+    """
+    origin, started = first.url, first.at
+    response, polls, failures = first, 0, 0
+    while True:
+        transient = response is not first and is_transient_failure(response)
+        document = {} if transient else _json_body(response)
+        status = str(document.get("status", "")).lower()
+        if not transient and response is not first and status not in _AZURE_PENDING:
+            if status != "succeeded":
+                _report(options, response, wall_clock, None)
+                return response  # failed, canceled, or a monitor that says nothing more
+            target = document.get("resourceLocation")
+            if not isinstance(target, str):
+                if first.method in ("PUT", "PATCH"):
+                    target = first.url
+                else:
+                    target = first.headers.get("location")
+            if not isinstance(target, str):
+                _report(options, response, wall_clock, None)
+                return response
+            target = urljoin(response.url, target)
+            return (yield from _fetch_result(target, response, origin, options, wall_clock))
+        if transient:
+            failures += 1
+            if failures > options.max_retries:
+                if response.error is not None:
+                    raise response.error
+                msg = f"polling {response.url} failed {failures} times in a row"
+                raise OperationError(msg, operation_url=monitor)
+        else:
+            failures = 0
+        if not same_origin(monitor, origin) and not options.allow_cross_origin:
+            msg = (
+                f"the status monitor is on another origin ({monitor}); set allow_cross_origin=True"
+            )
+            raise CrossOriginError(msg)
+        delay, _ = _timing(
+            response,
+            options,
+            backoff=backoff,
+            wall_clock=wall_clock,
+            started=started,
+            operation_url=monitor,
+        )
+        if options.max_polls is not None and polls >= options.max_polls:
+            raise PollingTimeout(
+                f"gave up after {polls} polls; resume from {monitor}", operation_url=monitor
+            )
+        _report(options, response, wall_clock, delay)
+        if delay > 0:
+            yield Sleep(delay)
+        observed = yield Poll(monitor, {})
+        if observed is None:
+            msg = "the runner must send the poll's response back into the flow"
+            raise ProtocolError(msg)
+        polls += 1
         response = observed
 
 

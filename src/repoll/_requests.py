@@ -20,7 +20,7 @@ from ._poll import (  # noqa: E402
     Poll,
     PollOptions,
     first_request_headers,
-    is_polling_response,
+    needs_polling,
     poll_flow,
     same_origin,
 )
@@ -75,7 +75,7 @@ class PollingAdapter(HTTPAdapter):
         }
         response = super().send(request, stream=stream, **settings)
         method, url = request.method or "GET", request.url or ""
-        if not is_polling_response(_observe(response, method, url)):
+        if not needs_polling(_observe(response, method, url)):
             return response
         first = _observe(response, method, url, response.content)
         history = [response]

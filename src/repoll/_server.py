@@ -29,6 +29,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -116,6 +117,10 @@ def _header_values(scope: Scope, name: bytes) -> Iterable[str]:
     return (v.decode("latin-1") for k, v in scope.get("headers", ()) if k == name)
 
 
+# A Host value safe to echo in Location: a name or address and a port, no more.
+_HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+
+
 def wants_page(scope: Scope, preferences: Preferences) -> bool:
     """A browser navigating (it accepts HTML), not a script that asked for 202."""
     if preferences.respond_async:
@@ -188,6 +193,7 @@ class PollingServer:
         max_operations_per_principal: int = 100,
         heartbeat_interval: float = 2.0,
         cors_origins: Iterable[str] = (),
+        absolute_urls: bool = True,
     ) -> None:
         if store is None:
             store = DEFAULT_STORE_URL
@@ -211,6 +217,7 @@ class PollingServer:
         self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.heartbeat_interval = heartbeat_interval
         self.cors_origins = frozenset(cors_origins)
+        self.absolute_urls = absolute_urls
         self.owner_ttl = heartbeat_interval * 5
         self._maintenance: asyncio.Task[None] | None = None
         self._notifier = _Notifier()
@@ -305,7 +312,18 @@ class PollingServer:
     # --- operations -----------------------------------------------------------
 
     def operation_url(self, scope: Scope, operation_id: str) -> str:
-        return f"{scope.get('root_path', '')}{self.operations_path}/{operation_id}"
+        """The operation's URL: absolute (from the request's Host), else a path.
+
+        Absolute because some pollers (azure-core among them) do not resolve a
+        relative Location against the request URL, though RFC 9110 allows it.
+        """
+        path = f"{scope.get('root_path', '')}{self.operations_path}/{operation_id}"
+        if not self.absolute_urls:
+            return path
+        host = next(iter(_header_values(scope, b"host")), "")
+        if not _HOST.fullmatch(host):
+            return path
+        return f"{scope.get('scheme', 'http')}://{host}{path}"
 
     async def _principal_of(self, scope: Scope) -> str:
         result = self.principal(HTTPConnection(scope))
