@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from urllib.parse import urljoin
 
 import pytest
 import requests
@@ -57,12 +58,12 @@ def test_every_id_has_a_defined_answer_after_a_restart(tmp_path, sig):
             f"{base}/start_work", json={"seconds": 0}, headers={"prefer": "wait=10"}, timeout=30
         )
         assert done.status_code == 200
-        finished_url = base + done.headers["content-location"]
+        finished_url = urljoin(base, done.headers["content-location"])
         running = requests.post(
             f"{base}/start_work", json={"seconds": 600}, allow_redirects=False, timeout=30
         )
         assert running.status_code == 303
-        running_url = base + running.headers["location"]
+        running_url = urljoin(base, running.headers["location"])
     finally:
         stop(server, sig)
 
