@@ -229,11 +229,7 @@ class WorkerOperation:
 
     async def _write_progress(self, progress: float | None, message: str | None) -> None:
         def change(op: Operation) -> Operation | None:
-            if op.status.is_terminal:
-                return None
-            return dataclasses.replace(
-                op, progress=progress, message=message, updated_at=time.time()
-            )
+            return op.with_progress(progress, message, now=time.time())
 
         with contextlib.suppress(RepollError):
             await update_operation(self._store, self.id, change)

@@ -27,7 +27,6 @@ require("httpx", "client")
 import httpx  # noqa: E402 - after the extra check, for its clear message
 
 from . import _headers as h  # noqa: E402
-from . import _testing  # noqa: E402
 from ._errors import (  # noqa: E402
     OperationCanceled,
     OperationExpired,
@@ -44,6 +43,7 @@ from ._poll import (  # noqa: E402
     poll_flow,
     same_origin,
 )
+from ._runners import adrive, drive  # noqa: E402
 from ._status import OperationStatus  # noqa: E402
 
 T = TypeVar("T")
@@ -219,25 +219,16 @@ class OperationHandle(_Handle):
     ) -> None:
         super().__init__(client, url, options)
 
-    def _drive(self, steps: Steps[T]) -> T:
+    def _send(self, step: _Send) -> Reply:
         try:
-            step = next(steps)
-            while True:
-                if isinstance(step, Sleep):
-                    _testing.sleep(step.seconds)
-                    step = steps.send(None)
-                    continue
-                reply: Reply
-                try:
-                    reply = self._client.send(step.request, auth=step.auth)
-                except httpx.TransportError as exc:
-                    if not step.tolerant:
-                        raise
-                    reply = exc
-                step = steps.send(reply)
-        except StopIteration as stop:
-            result: T = stop.value
-            return result
+            return self._client.send(step.request, auth=step.auth)
+        except httpx.TransportError as exc:
+            if not step.tolerant:
+                raise
+            return exc
+
+    def _drive(self, steps: Steps[T]) -> T:
+        return drive(steps, self._send)
 
     @classmethod
     def start(
@@ -299,25 +290,16 @@ class AsyncOperationHandle(_Handle):
     ) -> None:
         super().__init__(client, url, options)
 
-    async def _drive(self, steps: Steps[T]) -> T:
+    async def _send(self, step: _Send) -> Reply:
         try:
-            step = next(steps)
-            while True:
-                if isinstance(step, Sleep):
-                    await _testing.asleep(step.seconds)
-                    step = steps.send(None)
-                    continue
-                reply: Reply
-                try:
-                    reply = await self._client.send(step.request, auth=step.auth)
-                except httpx.TransportError as exc:
-                    if not step.tolerant:
-                        raise
-                    reply = exc
-                step = steps.send(reply)
-        except StopIteration as stop:
-            result: T = stop.value
-            return result
+            return await self._client.send(step.request, auth=step.auth)
+        except httpx.TransportError as exc:
+            if not step.tolerant:
+                raise
+            return exc
+
+    async def _drive(self, steps: Steps[T]) -> T:
+        return await adrive(steps, self._send)
 
     @classmethod
     async def start(

@@ -90,6 +90,14 @@ class Operation:
             changes["message"] = message
         return dataclasses.replace(self, **changes)
 
+    def with_progress(
+        self, progress: float | None, message: str | None, *, now: float
+    ) -> Operation | None:
+        """The record with new progress, or None once it has ended (nothing to report)."""
+        if self.status.is_terminal:
+            return None
+        return dataclasses.replace(self, progress=progress, message=message, updated_at=now)
+
     def status_document(self) -> dict[str, Any]:
         """The JSON body of a status response (never the result itself)."""
         return {

@@ -301,15 +301,7 @@ def poll_flow(
             _report(options, response, wall_clock, None)
             return response
         if transient:
-            failures += 1
-            if failures > options.max_retries:
-                if response.error is not None:
-                    raise response.error
-                msg = (
-                    f"polling {response.url} failed {failures} times in a row: "
-                    f"last {response.status}"
-                )
-                raise OperationError(msg, operation_url=response.url)
+            failures = _one_more_failure(response, failures, options)
         else:
             failures = 0
             pending = response
@@ -353,6 +345,17 @@ def poll_flow(
         took = observed.at - response.at - delay
         server_holds = bool(hold) and took >= min(0.5 * (hold or 0.0), 1.0)
         response = observed
+
+
+def _one_more_failure(response: Observed, failures: int, options: PollOptions) -> int:
+    """Count a transient failure; past ``max_retries``, raise it (or say what it was)."""
+    failures += 1
+    if failures > options.max_retries:
+        if response.error is not None:
+            raise response.error
+        msg = f"polling {response.url} failed {failures} times in a row: last {response.status}"
+        raise OperationError(msg, operation_url=response.url)
+    return failures
 
 
 def _fetch_result(
@@ -410,12 +413,7 @@ def _azure_flow(
             target = urljoin(response.url, target)
             return (yield from _fetch_result(target, response, origin, options, wall_clock))
         if transient:
-            failures += 1
-            if failures > options.max_retries:
-                if response.error is not None:
-                    raise response.error
-                msg = f"polling {response.url} failed {failures} times in a row"
-                raise OperationError(msg, operation_url=monitor)
+            failures = _one_more_failure(response, failures, options)
         else:
             failures = 0
         if not same_origin(monitor, origin) and not options.allow_cross_origin:

@@ -409,11 +409,7 @@ class PollingServer:
         self, operation_id: str, progress: float | None, message: str | None
     ) -> None:
         def change(op: Operation) -> Operation | None:
-            if op.status.is_terminal:
-                return None
-            return dataclasses.replace(
-                op, progress=progress, message=message, updated_at=time.time()
-            )
+            return op.with_progress(progress, message, now=time.time())
 
         running = self._running.get(operation_id)
         after = await update_operation(
