@@ -412,10 +412,7 @@ def _azure_flow(
                 return response
             target = urljoin(response.url, target)
             return (yield from _fetch_result(target, response, origin, options, wall_clock))
-        if transient:
-            failures = _one_more_failure(response, failures, options)
-        else:
-            failures = 0
+        failures = _one_more_failure(response, failures, options) if transient else 0
         if not same_origin(monitor, origin) and not options.allow_cross_origin:
             msg = (
                 f"the status monitor is on another origin ({monitor}); set allow_cross_origin=True"
