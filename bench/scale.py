@@ -37,8 +37,13 @@ async def _call(
     app: Any, method: str, path: str, headers: list[tuple[bytes, bytes]] | None = None
 ) -> dict[str, Any]:
     start: dict[str, Any] = {}
+    received = False
 
     async def receive() -> dict[str, Any]:
+        nonlocal received
+        if received:  # as ASGI servers do: block once the body is read
+            await asyncio.get_running_loop().create_future()
+        received = True
         return {"type": "http.request", "body": b"", "more_body": False}
 
     async def send(message: dict[str, Any]) -> None:

@@ -28,6 +28,7 @@ class LiveServer:
 
     url: str
     requests: list[tuple[str, str]] = field(default_factory=list)
+    app: object = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reset(self) -> None:
@@ -46,7 +47,7 @@ def live_server(tmp_path_factory) -> Iterator[LiveServer]:
 
     store = f"sqlite:///{tmp_path_factory.mktemp('live')}/ops.sqlite3"
     app = create_app(store=store)
-    live = LiveServer(url="")
+    live = LiveServer(url="", app=app)
 
     async def counting(scope, receive, send):
         if scope["type"] == "http":

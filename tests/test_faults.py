@@ -94,3 +94,25 @@ def test_work_goes_on_when_a_held_poll_is_abandoned(live):
     final = requests.get(location, headers={"prefer": "wait=10"}, timeout=30)
     assert final.status_code == 200
     assert final.json()["result"] == "done"
+
+
+@pytest.mark.slow
+def test_a_client_that_leaves_frees_its_held_poll_at_once(live):
+    server = live.app.state.repoll
+    response = requests.post(
+        f"{live.url}/start_work", json={"seconds": 5}, allow_redirects=False, timeout=10
+    )
+    path = urlsplit(response.headers["location"]).path
+    host, port = live.url.removeprefix("http://").split(":")
+    before = server.held_polls
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\nPrefer: wait=30\r\n\r\n".encode())
+    deadline = time.monotonic() + 5
+    while server.held_polls == before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.held_polls == before + 1
+    sock.close()
+    deadline = time.monotonic() + 2
+    while server.held_polls > before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.held_polls == before  # released well before its 30 s hold

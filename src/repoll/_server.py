@@ -164,6 +164,16 @@ class _Notifier:
                 waiter.set_result(operation)
 
 
+async def _until_disconnect(receive: Receive) -> None:
+    for _ in range(64):
+        if (await receive())["type"] == "http.disconnect":
+            return
+        await asyncio.sleep(0)
+    # A server whose receive() never blocks (not ASGI-conformant, but seen in
+    # test harnesses) would make this a busy loop: stop watching instead.
+    await asyncio.get_running_loop().create_future()
+
+
 def _time_out(waiter: asyncio.Future[Operation | None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
@@ -440,11 +450,14 @@ class PollingServer:
             return None
         return op
 
-    async def _hold(self, operation_id: str, seconds: float) -> Operation | None:
+    async def _hold(
+        self, operation_id: str, seconds: float, receive: Receive | None = None
+    ) -> Operation | None:
         """Wait until the operation ends or ``seconds`` pass; return a fresh record.
 
         At ``max_held_polls`` the server sheds: it answers at once, and the
-        load stretches the Retry-After it advertises.
+        load stretches the Retry-After it advertises. With ``receive``, a client
+        that goes away ends its hold at once (the work is not affected).
         """
         if self.held_polls >= self.max_held_polls:
             seconds = 0.0
@@ -458,10 +471,16 @@ class PollingServer:
                 return op
             self.held_polls += 1
             timer = loop.call_later(seconds, _time_out, waiter)
+            watcher = None
+            if receive is not None:
+                watcher = loop.create_task(_until_disconnect(receive))
+                watcher.add_done_callback(lambda _: _time_out(waiter))
             try:
                 finished = await waiter
             finally:
                 timer.cancel()
+                if watcher is not None:
+                    watcher.cancel()
                 self.held_polls -= 1
         finally:
             self._notifier.discard(operation_id, waiter)
@@ -481,7 +500,9 @@ class PollingServer:
             preferences = dataclasses.replace(preferences, respond_async=True)
         return replies.pending(op, operation_url=url, preferences=preferences, interval=interval)
 
-    async def status_reply(self, scope: Scope, operation_id: str) -> replies.Reply:
+    async def status_reply(
+        self, scope: Scope, operation_id: str, receive: Receive | None = None
+    ) -> replies.Reply:
         """The answer to ``GET`` on an operation URL, after holding it if due."""
         op = await self._visible(scope, operation_id)
         if op is None:
@@ -492,7 +513,7 @@ class PollingServer:
             hold = hold_seconds(preferences, advertised, self.pacing)
             if wants_page(scope, preferences):
                 hold = 0.0  # a person sees the page at once; its Refresh paces the browser
-            held = await self._hold(op.id, hold)
+            held = await self._hold(op.id, hold, receive)
             if held is None:
                 return replies.not_found()
             op = held
@@ -1015,11 +1036,13 @@ class PollingMiddleware:
         if root and path.startswith(root):
             path = path[len(root) :]
         if path.startswith(self._prefix):
-            await self._operation(scope, send, path[len(self._prefix) :])
+            await self._operation(scope, receive, send, path[len(self._prefix) :])
             return
         await self._request(scope, receive, send)
 
-    async def _operation(self, scope: Scope, send: Send, operation_id: str) -> None:
+    async def _operation(
+        self, scope: Scope, receive: Receive, send: Send, operation_id: str
+    ) -> None:
         server = self.server
         method = scope["method"]
         origin = next(iter(_header_values(scope, b"origin")), "")
@@ -1035,7 +1058,7 @@ class PollingMiddleware:
             return
         try:
             if method in {"GET", "HEAD"}:
-                reply = await server.status_reply(scope, operation_id)
+                reply = await server.status_reply(scope, operation_id, receive)
             elif method == "DELETE":
                 reply = await server.cancel_reply(scope, operation_id)
             else:
