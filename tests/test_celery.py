@@ -18,9 +18,9 @@ from repoll._celery import (
     encode_arguments,
     execute,
 )
+from repoll._deferral import endpoint_name
 from repoll._headers import new_operation_id
 from repoll._model import Operation
-from repoll._server import endpoint_name
 
 
 class Spec(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 import pytest
@@ -73,7 +73,7 @@ def _post_and_leave(url: str, body: bytes) -> str:
 
 @pytest.mark.slow
 def test_work_goes_on_when_the_client_leaves_after_starting(live):
-    location = _post_and_leave(live.url, b'{"seconds": 0.5}')
+    location = urljoin(live.url, _post_and_leave(live.url, b'{"seconds": 0.5}'))
     time.sleep(1.0)
     response = requests.get(location, timeout=30)
     assert response.status_code == 200
@@ -85,7 +85,7 @@ def test_work_goes_on_when_a_held_poll_is_abandoned(live):
     response = requests.post(
         f"{live.url}/start_work", json={"seconds": 1}, allow_redirects=False, timeout=10
     )
-    location = response.headers["location"]
+    location = urljoin(live.url, response.headers["location"])
     path = urlsplit(location).path
     host, port = live.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:

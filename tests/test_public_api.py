@@ -52,6 +52,7 @@ PUBLIC = {
     "StoredResponse",
     "current_operation",
     "defer",
+    "deferrable",
     "deferred",
     "install",
     "parse_prefer",

@@ -18,25 +18,39 @@ pytestmark = pytest.mark.anyio
 NOW = 1_800_000_000.0
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
-async def store(request, tmp_path):
-    backend: Store
-    if request.param == "memory":
-        backend = MemoryStore()
-    elif request.param == "sqlite":
-        backend = SQLiteStore(tmp_path / "s.db")
-    elif request.param == "redis":
+def _backend(kind: str, request, tmp_path) -> Store:
+    if kind == "memory":
+        return MemoryStore()
+    if kind == "sqlite":
+        return SQLiteStore(tmp_path / "s.db")
+    if kind == "redis":
         from repoll._redis_store import RedisStore
 
         url = request.getfixturevalue("redis_url")
-        backend = RedisStore(url, prefix=request.getfixturevalue("redis_prefix"))
-    else:
-        from repoll._postgres_store import PostgresStore
+        return RedisStore(url, prefix=request.getfixturevalue("redis_prefix"))
+    from repoll._postgres_store import PostgresStore
 
-        backend = PostgresStore(request.getfixturevalue("postgres_url"))
+    return PostgresStore(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
+async def store(request, tmp_path):
+    backend = _backend(request.param, request, tmp_path)
     await backend.open()
     yield backend
     await backend.close()
+
+
+@pytest.fixture
+async def twin(store, request, tmp_path):
+    """Another instance on the same backend, as a second server process would have."""
+    if not store.shared:
+        yield None
+        return
+    other = _backend(request.node.callspec.params["store"], request, tmp_path)
+    await other.open()
+    yield other
+    await other.close()
 
 
 def new_operation(**changes) -> Operation:
@@ -228,22 +242,30 @@ async def test_heartbeats_tell_the_live_owners(store):
         assert "instance-b" not in await store.live_owners()
 
 
-async def test_shared_stores_announce_finished_and_canceled_operations(store):
+async def test_shared_stores_announce_finished_and_canceled_operations(store, twin):
     events: list[tuple[str, str]] = []
     await store.subscribe(lambda kind, op_id: events.append((kind, op_id)))
-    op = new_operation(status=OperationStatus.RUNNING)
-    await store.create(op)
-    await asyncio.sleep(0.1)  # let the subscription settle
-    done = dataclasses.replace(
-        op.apply(Event.FINISH_OK, now=NOW, retention=60, response=StoredResponse(200, (), b"")),
-        version=1,
-    )
-    assert await store.compare_and_set(done, expected_version=0)
-    if not store.shared:
+    if twin is None:
         return  # one process: the server wakes its own waiters
-    await store.announce_cancel("some-other-id")
+    op = new_operation(status=OperationStatus.RUNNING)
+    await twin.create(op)
+    await asyncio.sleep(0.1)  # let the subscription settle
+    done = op.apply(
+        Event.FINISH_OK, now=NOW, retention=60, response=StoredResponse(200, (), b"")
+    ).evolve(version=1)
+    assert await twin.compare_and_set(done, expected_version=0)
+    await twin.announce_cancel("some-other-id")
     for _ in range(50):
         if len(events) >= 2:
             break
         await asyncio.sleep(0.05)
     assert sorted(events) == [("cancel", "some-other-id"), ("finished", op.id)]
+
+
+async def test_the_secret_is_stable_and_shared(store, twin):
+    secret = await store.secret()
+    assert isinstance(secret, bytes)
+    assert len(secret) == 32
+    assert await store.secret() == secret
+    if twin is not None:
+        assert await twin.secret() == secret

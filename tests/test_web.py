@@ -32,6 +32,7 @@ async def test_a_navigation_gets_a_progress_page_that_refreshes_itself(web):
     location = start.headers["location"]
     assert start.headers["refresh"].endswith(f"; url={location}")
     assert int(start.headers["refresh"].split(";")[0]) >= 1
+    await asyncio.sleep(0.05)  # progress is written in the background
     page = await client.get(location, headers=HTML)  # not held: a person is waiting
     assert page.status_code == 202
     text = page.text
@@ -68,6 +69,7 @@ async def test_the_page_escapes_what_the_work_reports():
 async def test_events_stream_progress_until_the_outcome(web):
     client, seen = web
     location = (await client.post("/gated")).headers["location"]
+    await asyncio.sleep(0.05)  # progress is written in the background
 
     async def release_later():
         await asyncio.sleep(0.3)

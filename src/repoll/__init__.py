@@ -38,20 +38,21 @@ from ._testing import is_testing, set_testing, testing
 
 if TYPE_CHECKING:
     from ._celery import CeleryExecutor
-    from ._handle import AsyncOperationHandle, OperationHandle
-    from ._httpx import AsyncPollingTransport, PollingTransport
-    from ._install import install
-    from ._requests import PollingAdapter
-    from ._server import (
-        PollingMiddleware,
-        PollingServer,
+    from ._deferral import (
         RunningOperation,
-        cookie_principal,
         current_operation,
         defer,
         deferred,
         report_progress,
     )
+    from ._handle import AsyncOperationHandle, OperationHandle
+    from ._httpx import AsyncPollingTransport, PollingTransport
+    from ._install import install
+    from ._middleware import PollingMiddleware
+    from ._principal import cookie_principal
+    from ._requests import PollingAdapter
+    from ._routes import deferrable
+    from ._server import PollingServer
     from ._sqlite_store import SQLiteStore
 
 __version__ = "0.1.0"
@@ -95,6 +96,7 @@ __all__ = [
     "cookie_principal",
     "current_operation",
     "defer",
+    "deferrable",
     "deferred",
     "install",
     "is_testing",
@@ -115,14 +117,15 @@ _LAZY: dict[str, str] = {
     "AsyncPollingTransport": "._httpx",
     "PollingTransport": "._httpx",
     "install": "._install",
-    "PollingMiddleware": "._server",
+    "PollingMiddleware": "._middleware",
     "PollingServer": "._server",
-    "RunningOperation": "._server",
-    "cookie_principal": "._server",
-    "current_operation": "._server",
-    "defer": "._server",
-    "deferred": "._server",
-    "report_progress": "._server",
+    "RunningOperation": "._deferral",
+    "cookie_principal": "._principal",
+    "current_operation": "._deferral",
+    "defer": "._deferral",
+    "deferrable": "._routes",
+    "deferred": "._deferral",
+    "report_progress": "._deferral",
     "SQLiteStore": "._sqlite_store",
 }
 

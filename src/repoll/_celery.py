@@ -50,7 +50,7 @@ from ._status import Event, OperationStatus, finish_event  # noqa: E402
 from ._store import Store, store_from_url, update_operation  # noqa: E402
 
 if TYPE_CHECKING:
-    from ._server import RunningOperation
+    from ._deferral import RunningOperation
 
 logger = logging.getLogger("repoll")
 T = TypeVar("T")
@@ -200,7 +200,7 @@ class WorkerOperation:
     def __init__(self, store: Store, operation: Operation) -> None:
         self.id = operation.id
         self.url = None
-        self._store = store
+        self.store = store
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._cancel = threading.Event()
@@ -232,7 +232,7 @@ class WorkerOperation:
             return op.with_progress(progress, message, now=time.time())
 
         with contextlib.suppress(RepollError):
-            await update_operation(self._store, self.id, change)
+            await update_operation(self.store, self.id, change)
 
     def request_cancel(self) -> None:
         self._cancel.set()
@@ -314,6 +314,19 @@ class WorkerRuntime:
         operation = self.operations.get(operation_id)
         if kind == "cancel" and operation is not None:
             operation.request_cancel()
+        elif kind == "resync":
+            # The subscription dropped: cancellations sent meanwhile are lost,
+            # but the records still say whether one was asked for.
+            self.loop.create_task(self._catch_up())
+
+    async def _catch_up(self) -> None:
+        for operation in list(self.operations.values()):
+            try:
+                record = await operation.store.get(operation.id)
+            except RepollError:
+                return  # the store is down again; the next resync retries
+            if record is not None and record.cancel_requested:
+                operation.request_cancel()
 
     @staticmethod
     async def _beat(store: Store, ttl: float, interval: float) -> None:
@@ -327,7 +340,7 @@ async def execute(
     payload: dict[str, Any], *, rerun: bool = False, runtime: WorkerRuntime | None = None
 ) -> None:
     """Run one operation on this worker and store its outcome."""
-    from ._server import ENDPOINTS, _current_operation  # noqa: PLC0415 - avoid a cycle
+    from ._deferral import ENDPOINTS, _current_operation  # noqa: PLC0415 - avoid a cycle
 
     if runtime is not None:
         store = await runtime.store_for(payload)

@@ -111,6 +111,9 @@ def serve(
     *,
     factory: bool = False,
     broker: str | None = None,
+    workers: int = 1,
+    forwarded_allow_ips: str | None = None,
+    public_url: str | None = None,
 ) -> int:
     """Serve the demo app (or ``MODULE:APP``) with uvicorn until interrupted."""
     require("uvicorn", "server")
@@ -119,14 +122,39 @@ def serve(
     # Like uvicorn's own command: MODULE is looked up from the working directory.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    if store:
-        os.environ["REPOLL_STORE"] = store
-    if concurrency:
-        os.environ["REPOLL_CONCURRENCY"] = str(concurrency)
-    if broker:
-        os.environ["REPOLL_BROKER"] = broker
+    if workers < 1:
+        print("repoll: --workers must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    store = store or os.environ.get("REPOLL_STORE")
+    if workers > 1 and store and store.split("?")[0] in {"memory://", "memory", "sqlite://"}:
+        # Each process would have its own private store: a poll answered by
+        # another process than the start's would find nothing.
+        print(
+            f"repoll: --store {store} is private to one process and cannot serve "
+            f"--workers {workers}; use a SQLite file (the default), Redis or PostgreSQL",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    settings = {
+        "REPOLL_STORE": store,
+        "REPOLL_CONCURRENCY": str(concurrency) if concurrency else None,
+        "REPOLL_BROKER": broker,
+        "FORWARDED_ALLOW_IPS": forwarded_allow_ips,
+        "REPOLL_PUBLIC_URL": public_url,
+    }
+    for name, value in settings.items():
+        if value:
+            os.environ[name] = value  # worker processes inherit them
     app = target or DEMO_APP
-    uvicorn.run(app, host=host, port=port, factory=factory or target is None, log_level="warning")
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        factory=factory or target is None,
+        log_level="warning",
+        workers=workers,
+        forwarded_allow_ips=forwarded_allow_ips,
+    )
     return 0
 
 
@@ -333,6 +361,23 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="operations the demo app runs at once (default 16); exported as REPOLL_CONCURRENCY",
     )
+    serve_cmd.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes (default 1); they share the store: the default SQLite "
+        "file, Redis or PostgreSQL",
+    )
+    serve_cmd.add_argument(
+        "--forwarded-allow-ips",
+        help="proxies whose Forwarded/X-Forwarded-* fields are believed (comma-separated "
+        "addresses or networks, or *; default 127.0.0.1); exported as FORWARDED_ALLOW_IPS",
+    )
+    serve_cmd.add_argument(
+        "--public-url",
+        help="the base URL clients use (https://api.example.com); operation URLs are "
+        "built on it; exported as REPOLL_PUBLIC_URL",
+    )
     worker_cmd = commands.add_parser(
         "worker", help="run deferred work from the demo app (or MODULE:APP) on Celery"
     )
@@ -406,6 +451,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.concurrency,
             factory=args.factory,
             broker=args.broker,
+            workers=args.workers,
+            forwarded_allow_ips=args.forwarded_allow_ips,
+            public_url=args.public_url,
         )
     except MissingExtraError as exc:
         print(f"repoll: {exc}", file=sys.stderr)

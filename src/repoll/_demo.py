@@ -25,10 +25,12 @@ from pydantic import (  # noqa: E402
     ValidationError,
 )
 
+from ._deferral import defer, deferred, report_progress  # noqa: E402
 from ._executor import InProcessExecutor  # noqa: E402
 from ._headers import PROBLEM_JSON  # noqa: E402
 from ._install import install  # noqa: E402
-from ._server import PollingServer, defer, deferred, report_progress  # noqa: E402
+from ._routes import deferrable  # noqa: E402
+from ._server import PollingServer  # noqa: E402
 
 
 class WorkRequest(BaseModel):
@@ -156,6 +158,7 @@ def create_app(store: Any = None, **options: Any) -> FastAPI:
         return HTMLResponse(INDEX_PAGE)
 
     @app.post("/start_work_form", response_class=HTMLResponse, include_in_schema=False)
+    @deferrable  # it calls defer() itself, after its own validation
     async def start_work_form(request: Request) -> HTMLResponse:
         """The same work from an HTML form; the answer is a page."""
         fields = parse_qs((await request.body()).decode("utf-8", "replace"))

@@ -5,6 +5,13 @@ Parsers are lenient in what they accept and never raise on a peer's bad
 input; they return ``None`` (or an empty result) instead, because RFC 7240
 asks servers to ignore preferences they do not understand and a client must
 not crash on a malformed ``Retry-After``.
+
+Every parser here runs on the event loop, on input an unauthenticated peer
+controls, so each one is linear in its input and looks at a bounded amount
+of it: values longer than any valid one are refused before any other work,
+numbers are converted only when they have few enough digits to be sane, and
+no regular expression here can backtrack (tests/test_headers.py times each
+parser on 100 KB of hostile input).
 """
 
 from __future__ import annotations
@@ -32,11 +39,25 @@ _ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{22}")
 
 # Seconds a Retry-After may name before we consider it nonsense (one week).
 _MAX_DELAY_S: Final = 7 * 24 * 3600.0
+# Digits worth converting: a week in milliseconds has 9. Longer runs of digits
+# are refused (Retry-After) or saturate (Prefer: wait) without int(), which
+# raises past 4,300 digits and whose float() overflows past 308.
+_MAX_DIGITS: Final = 12
+# An HTTP-date is 29 characters; the obsolete forms are shorter.
+_MAX_DATE_LENGTH: Final = 64
 
 
 def _is_digits(text: str) -> bool:
     # str.isdigit() accepts "¹" and other non-ASCII digits that int() refuses.
     return text.isascii() and text.isdigit()
+
+
+def _seconds(digits: str, scale: float = 1.0) -> float | None:
+    """``digits`` (ASCII digits only) as seconds, or None past a week."""
+    if len(digits.lstrip("0")) > _MAX_DIGITS:
+        return None
+    seconds = int(digits) / scale
+    return seconds if seconds <= _MAX_DELAY_S else None
 
 
 def new_operation_id() -> str:
@@ -62,8 +83,9 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
         return None
     text = value.strip()
     if _is_digits(text):
-        seconds = float(int(text))
-        return seconds if seconds <= _MAX_DELAY_S else None
+        return _seconds(text)
+    if len(text) > _MAX_DATE_LENGTH:
+        return None
     try:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError, OverflowError):
@@ -81,8 +103,7 @@ def parse_retry_after_ms(value: str | None) -> float | None:
     text = value.strip()
     if not _is_digits(text):
         return None
-    seconds = int(text) / 1000.0
-    return seconds if seconds <= _MAX_DELAY_S else None
+    return _seconds(text, 1000.0)
 
 
 def retry_after_headers(delay_s: float) -> dict[str, str]:
@@ -96,15 +117,16 @@ def retry_after_headers(delay_s: float) -> dict[str, str]:
 
 # --- Prefer (RFC 7240) -------------------------------------------------------
 
-# A preference is token [ BWS "=" BWS word ] *( OWS ";" [ OWS parameter ] ),
-# word = token / quoted-string. Parameters are accepted and dropped: none of
-# the preferences repoll applies defines any.
-_PREFERENCE_RE: Final = re.compile(
-    r"""\s*(?P<name>[!#$%&'*+.^_`|~0-9A-Za-z-]+)
-        (?:\s*=\s*(?P<value>"(?:[^"\\]|\\.)*"|[!#$%&'*+.^_`|~0-9A-Za-z-]*))?
-        (?P<params>(?:\s*;[^,]*)?)\s*(?:,|$)""",
-    re.VERBOSE,
-)
+# Prefer = #preference; preference = token [ BWS "=" BWS word ]
+# *( OWS ";" [ OWS parameter ] ); word = token / quoted-string. Parameters are
+# accepted and dropped: neither preference repoll applies defines any.
+#
+# Real Prefer fields are a few dozen characters. Only the first
+# MAX_PREFER_LENGTH characters of them, all fields together, are read; a field
+# that does not fit whole is ignored (RFC 7240 lets a server ignore any
+# preference), so the parser's work is bounded whatever arrives.
+MAX_PREFER_LENGTH: Final = 1024
+_TOKEN_RE: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,28 +140,84 @@ class Preferences:
 NO_PREFERENCES: Final = Preferences()
 
 
+def _elements(field: str) -> list[str]:
+    """``field`` split at the commas that are not inside a quoted string; linear."""
+    if '"' not in field:
+        return field.split(",")
+    elements: list[str] = []
+    start = 0
+    quoted = False
+    escaped = False
+    for index, char in enumerate(field):
+        if escaped:
+            escaped = False
+        elif quoted:
+            if char == "\\":
+                escaped = True
+            elif char == '"':
+                quoted = False
+        elif char == '"':
+            quoted = True
+        elif char == ",":
+            elements.append(field[start:index])
+            start = index + 1
+    elements.append(field[start:])
+    return elements
+
+
+_APPLIED: Final = frozenset({"respond-async", "wait"})
+
+
+def _preference(element: str) -> tuple[str, str | None] | None:
+    """(lower-cased name, value or None) of an element naming a preference repoll
+    applies; None for any other element, well-formed or not."""
+    head = element.split(";", 1)[0]  # parameters: none that repoll applies
+    name, equals, raw = head.partition("=")
+    name = name.strip().lower()
+    if name not in _APPLIED:
+        return None
+    if not equals:
+        return name, None
+    raw = raw.strip()
+    if raw.startswith('"'):
+        if len(raw) < 2 or not raw.endswith('"'):
+            return None
+        raw = raw[1:-1]  # escapes matter to no value repoll reads
+    elif raw and not _TOKEN_RE.fullmatch(raw):
+        return None
+    return name, raw
+
+
 def parse_prefer(values: Iterable[str]) -> Preferences:
     """Read ``respond-async`` and ``wait`` from every ``Prefer`` field value.
 
-    Unknown or malformed preferences are ignored (RFC 7240 section 2). When a
-    preference is repeated, the first occurrence wins, as RFC 7240 asks.
+    Unknown or malformed preferences are ignored (RFC 7240 section 2), and so
+    are fields past the first :data:`MAX_PREFER_LENGTH` characters. When a preference
+    is repeated, the first occurrence wins, as RFC 7240 asks. ``wait`` counts
+    in whole seconds; a value of more digits than any sane wait saturates at
+    a week (the server caps every hold far below that).
     """
     respond_async = False
     wait: float | None = None
     seen: set[str] = set()
+    budget = MAX_PREFER_LENGTH
     for field in values:
-        for match in _PREFERENCE_RE.finditer(field):
-            name = match.group("name").lower()
+        budget -= len(field)
+        if budget < 0:
+            break
+        for element in _elements(field):
+            parsed = _preference(element)
+            if parsed is None:
+                continue
+            name, raw = parsed
             if name in seen:
                 continue
             seen.add(name)
-            raw = match.group("value")
-            if raw is not None and raw.startswith('"'):
-                raw = raw[1:-1]
             if name == "respond-async":
                 respond_async = True
             elif name == "wait" and raw is not None and _is_digits(raw):
-                wait = min(float(int(raw)), _MAX_DELAY_S)
+                seconds = _seconds(raw)
+                wait = _MAX_DELAY_S if seconds is None else seconds
     return Preferences(respond_async=respond_async, wait=wait)
 
 
@@ -174,6 +252,10 @@ def parse_idempotency_key(values: Iterable[str]) -> str | None:
     """
     keys = set()
     for value in values:
+        # The longest valid value is a quoted key of escaped characters.
+        if len(value) > 2 * _MAX_KEY_LENGTH + 2 + 64:
+            msg = f"Idempotency-Key may be at most {_MAX_KEY_LENGTH} characters"
+            raise InvalidIdempotencyKey(msg)
         match = _KEY_RE.fullmatch(value.strip())
         if match is None:
             msg = "Idempotency-Key must be a quoted string or a token of printable ASCII"

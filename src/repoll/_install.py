@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._deferral import is_deferred
 from ._errors import require
-from ._server import PollingMiddleware, PollingServer, is_deferred
+from ._middleware import PollingMiddleware
+from ._server import PollingServer
 
 _STATUS_SCHEMA: dict[str, Any] = {
     "title": "OperationStatus",
@@ -153,7 +155,9 @@ def install(app: Any, server: PollingServer | None = None, **options: Any) -> Po
     """Make ``app`` (Starlette or FastAPI) able to defer endpoints; returns its server.
 
     Options are :class:`PollingServer`'s (``store=``, ``executor=``, ``pacing=``,
-    ``retention=``, ...). Mark endpoints with :func:`repoll.deferred`. With
+    ``retention=``, ...). Mark endpoints with :func:`repoll.deferred` (or
+    :func:`repoll.deferrable` when they call :func:`repoll.defer` themselves);
+    requests to other endpoints pass through untouched. With
     FastAPI, the OpenAPI document gains the operation routes and the 303/202
     answers of deferred endpoints.
     """
@@ -162,7 +166,7 @@ def install(app: Any, server: PollingServer | None = None, **options: Any) -> Po
         msg = "pass either server= or PollingServer options, not both"
         raise TypeError(msg)
     server = server or PollingServer(**options)
-    app.add_middleware(PollingMiddleware, server=server)
+    app.add_middleware(PollingMiddleware, server=server, routes=app)
     if type(app).__module__.startswith("fastapi"):
         _document_fastapi(app, server)
     return server

@@ -18,6 +18,7 @@ not wire format: the protocol only says Retry-After is the server's estimate.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ._headers import Preferences
@@ -90,6 +91,18 @@ def hold_seconds(preferences: Preferences, advertised: float, policy: PacingPoli
     if preferences.wait is not None:
         return min(preferences.wait, policy.max_hold)
     return min(max(advertised, policy.min_hold), policy.max_hold)
+
+
+def refusal_interval(typical_durations: Iterable[float], policy: PacingPolicy) -> float:
+    """The Retry-After of a start refused for too many unfinished operations.
+
+    A slot frees up when some operation ends: about the shortest typical
+    duration among the endpoints, else the default interval; at least a
+    second, since nothing frees up sooner than work ends, and within the
+    advertised bounds.
+    """
+    soonest = min(typical_durations, default=policy.default_interval)
+    return min(max(soonest, 1.0, policy.min_interval), policy.max_interval)
 
 
 @dataclass(slots=True)

@@ -6,12 +6,22 @@ idempotency keys, and a small table of owner heartbeats. Compare-and-set is an
 ``NOTIFY repoll_finished`` when the operation ends, so every instance
 listening wakes its held polls the moment the transaction commits. Expired
 records are dropped by :meth:`purge`, which servers call periodically.
+
+LISTEN runs on a connection of its own, watched by a supervisor task: it
+waits for notifications a few seconds at a time and checks the connection
+with ``SELECT 1`` in between; a failed or unanswered connection is dropped
+and made again with growing pauses, and the subscriber is told to resync.
+Pool connections are checked before use, so none killed meanwhile (a
+restart, ``pg_terminate_backend``) is handed out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import secrets
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,10 +33,13 @@ require("psycopg_pool", "postgres")
 
 import psycopg  # noqa: E402 - after the extra check, for its clear message
 from psycopg import errors as pg_errors  # noqa: E402
+from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: E402
 from psycopg_pool import AsyncConnectionPool, PoolTimeout  # noqa: E402
 
 from ._errors import DuplicateOperation, StoreUnavailable  # noqa: E402
 from ._model import Operation, decode_row, encode_row  # noqa: E402
+
+logger = logging.getLogger("repoll")
 
 _CHANNEL = "repoll_finished"
 _CANCEL_CHANNEL = "repoll_cancel"
@@ -51,8 +64,44 @@ _SCHEMA = (
         ON repoll_operations (status) WHERE status IN ('queued', 'running')""",
     """CREATE TABLE IF NOT EXISTS repoll_owners (
         owner TEXT PRIMARY KEY, alive_until DOUBLE PRECISION NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS repoll_meta (name TEXT PRIMARY KEY, value BYTEA NOT NULL)""",
 )
 _UNAVAILABLE = (psycopg.OperationalError, PoolTimeout, OSError)
+# Whatever ends the LISTEN connection (TimeoutError: it stopped answering).
+_DROPS = (psycopg.Error, OSError)
+
+# Pauses between attempts to listen again: short at first, so that a killed
+# connection costs almost nothing, and capped, so that listening resumes
+# within a couple of seconds of the server.
+_FIRST_PAUSE = 0.05
+_MAX_PAUSE = 2.0
+# A connection that held this long was a recovery, not a flap: the pauses
+# start short again.
+_STEADY = 10.0
+
+
+def _deliver(on_event: Callable[[str, str], None], kind: str, operation_id: str) -> None:
+    # A subscriber's bug must not end the subscription: every later event
+    # would be lost without a trace.
+    try:
+        on_event(kind, operation_id)
+    except Exception:
+        logger.exception("store event handler failed on %s %r", kind, operation_id)
+
+
+def _sever(conn: psycopg.AsyncConnection[Any], severed: list[bool]) -> None:
+    """Shut the connection's socket down under psycopg, which then fails at once.
+
+    Cancelling a stalled query instead would make psycopg ask the server to
+    cancel it and wait for that, over the very link that stopped answering.
+    """
+    severed.append(True)
+    with contextlib.suppress(OSError, psycopg.Error):
+        sock = socket.socket(fileno=conn.pgconn.socket)
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            sock.detach()  # the descriptor stays psycopg's to close
 
 
 class PostgresStore:
@@ -60,11 +109,17 @@ class PostgresStore:
 
     shared = True
 
-    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10) -> None:
+    def __init__(
+        self, url: str, *, min_size: int = 1, max_size: int = 10, health_interval: float = 5.0
+    ) -> None:
+        """``health_interval``: seconds between checks of the LISTEN connection; one
+        that leaves a check unanswered for as long is given up and made again."""
         self.url = url
         self._pool: AsyncConnectionPool | None = None
         self._sizes = (min_size, max_size)
-        self._listener: asyncio.Task[None] | None = None
+        self._health_interval = health_interval
+        self._listeners: list[asyncio.Task[None]] = []
+        self._secret: bytes | None = None
 
     @property
     def _p(self) -> AsyncConnectionPool:
@@ -85,6 +140,9 @@ class PostgresStore:
             max_size=self._sizes[1],
             open=False,
             kwargs={"autocommit": True},
+            # A round trip per checkout, so that no connection killed while
+            # idle (a restart, pg_terminate_backend) is handed out.
+            check=AsyncConnectionPool.check_connection,
             timeout=10,
         )
         try:
@@ -100,11 +158,12 @@ class PostgresStore:
         self._pool = pool
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError, psycopg.Error):
-                await self._listener
-            self._listener = None
+        listeners, self._listeners = self._listeners, []
+        for task in listeners:
+            task.cancel()
+        # gather retrieves every outcome (no "exception never retrieved"),
+        # and still lets a cancellation of close() itself through.
+        await asyncio.gather(*listeners, return_exceptions=True)
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -206,22 +265,95 @@ class PostgresStore:
 
     async def subscribe(self, on_event: Callable[[str, str], None]) -> None:
         try:
-            conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+            conn = await self._listen()
+        except _DROPS as exc:
+            raise self._unavailable(exc) from exc
+        task = asyncio.get_running_loop().create_task(
+            self._supervise(conn, on_event), name="repoll-postgres-listener"
+        )
+        self._listeners.append(task)
+
+    async def _listen(self) -> psycopg.AsyncConnection[Any]:
+        """A connection that LISTENs on both channels (in effect once LISTEN returns)."""
+        params = conninfo_to_dict(self.url)
+        # Its own name, so that it can be told apart in pg_stat_activity.
+        name = f"{params.get('application_name') or 'repoll'}:listen"
+        # libpq's default waits minutes for a host that does not answer.
+        timeout = params.get("connect_timeout") or max(5, round(2 * self._health_interval))
+        conninfo = make_conninfo(self.url, application_name=name, connect_timeout=timeout)
+        conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+        try:
             await conn.execute(f"LISTEN {_CHANNEL}")
             await conn.execute(f"LISTEN {_CANCEL_CHANNEL}")
-        except _UNAVAILABLE as exc:
-            raise self._unavailable(exc) from exc
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
 
-        async def listen() -> None:
-            try:
-                async for notice in conn.notifies():
+    async def _pump(
+        self, conn: psycopg.AsyncConnection[Any], on_event: Callable[[str, str], None]
+    ) -> None:
+        """Deliver notifications until the connection fails or stops answering."""
+        loop = asyncio.get_running_loop()
+        while True:
+            async with contextlib.aclosing(conn.notifies(timeout=self._health_interval)) as gen:
+                async for notice in gen:
                     kind = "cancel" if notice.channel == _CANCEL_CHANNEL else "finished"
-                    on_event(kind, notice.payload)
+                    _deliver(on_event, kind, notice.payload)
+            # A half-open connection (peer gone without a reset) just stays
+            # quiet; only a query left unanswered gives it away.
+            severed: list[bool] = []
+            timer = loop.call_later(self._health_interval, _sever, conn, severed)
+            try:
+                await conn.execute("SELECT 1")
+            except psycopg.OperationalError as exc:
+                if severed:
+                    msg = f"no answer to SELECT 1 in {self._health_interval:.1f} s"
+                    raise TimeoutError(msg) from exc
+                raise
             finally:
-                with contextlib.suppress(psycopg.Error, OSError):
-                    await conn.close()
+                timer.cancel()
 
-        self._listener = asyncio.get_running_loop().create_task(listen())
+    async def _supervise(
+        self, conn: psycopg.AsyncConnection[Any], on_event: Callable[[str, str], None]
+    ) -> None:
+        """Keep listening until close(), whatever happens to the server."""
+        loop = asyncio.get_running_loop()
+        pause = _FIRST_PAUSE
+        while True:
+            began = loop.time()
+            try:
+                await self._pump(conn, on_event)
+            except _DROPS as exc:
+                logger.warning("PostgreSQL store: LISTEN connection lost (%s); reconnecting", exc)
+            except Exception:
+                logger.exception("PostgreSQL store: listener failed; reconnecting")
+            finally:
+                with contextlib.suppress(*_DROPS):
+                    await conn.close()
+            if loop.time() - began >= _STEADY:
+                pause = _FIRST_PAUSE
+            conn, pause = await self._relisten(pause)
+            _deliver(on_event, "resync", "")
+
+    async def _relisten(self, pause: float) -> tuple[psycopg.AsyncConnection[Any], float]:
+        lost = asyncio.get_running_loop().time()
+        attempts = 0
+        while True:
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _MAX_PAUSE)
+            attempts += 1
+            try:
+                conn = await self._listen()
+            except _DROPS as exc:
+                logger.debug("PostgreSQL store: listening failed: %s", exc)
+                continue
+            logger.warning(
+                "PostgreSQL store: listening again after %.1f s (%d attempts); resyncing",
+                asyncio.get_running_loop().time() - lost,
+                attempts,
+            )
+            return conn, pause
 
     async def announce_cancel(self, operation_id: str) -> None:
         await self._fetchone("SELECT pg_notify(%s, %s)", (_CANCEL_CHANNEL, operation_id))
@@ -250,3 +382,25 @@ class PostgresStore:
                 return {row[0] for row in await cursor.fetchall()}
         except _UNAVAILABLE as exc:
             raise self._unavailable(exc) from exc
+
+    async def secret(self) -> bytes:
+        if self._secret is None:
+            try:
+                async with self._p.connection() as conn:
+                    # Whoever inserts first wins; everyone reads the winner.
+                    await conn.execute(
+                        "INSERT INTO repoll_meta (name, value) VALUES ('secret', %s) "
+                        "ON CONFLICT (name) DO NOTHING",
+                        (secrets.token_bytes(32),),
+                    )
+                    cursor = await conn.execute(
+                        "SELECT value FROM repoll_meta WHERE name = 'secret'"
+                    )
+                    row = await cursor.fetchone()
+            except _UNAVAILABLE as exc:
+                raise self._unavailable(exc) from exc
+            if row is None or len(row[0]) != 32:
+                msg = "repoll_meta holds no 32-byte secret; delete its row to make one"
+                raise RuntimeError(msg)
+            self._secret = bytes(row[0])
+        return self._secret

@@ -10,6 +10,7 @@ Key layout (``{p}`` is the prefix, ``repoll:`` by default):
   ``expires_at``: purge drops responses from the first at expiry and whole
   records from the second a tombstone period later;
 * ``{p}owners``: a sorted set of live owners scored by heartbeat deadline;
+* ``{p}secret``: 32 random bytes shared by every instance (:meth:`RedisStore.secret`);
 * channels ``{p}finished`` (each id that reaches a terminal state) and
   ``{p}cancel`` (each id whose cancellation was asked on another instance).
 
@@ -18,6 +19,10 @@ instances: of two instances racing to finish, cancel or expire the same
 operation, exactly one changes it. Ended records also get a Redis expiry
 (``backstop`` after their own expiry), so nothing outlives its welcome even
 if no instance ever purges.
+
+The subscription has a connection of its own, watched by a supervisor task:
+a silent connection is pinged, a failed or unanswered one is dropped and
+made again with growing pauses, and the subscriber is then told to resync.
 """
 
 from __future__ import annotations
@@ -25,15 +30,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any, cast
+from urllib.parse import urlsplit, urlunsplit
 
 from ._errors import require
 
 require("redis", "redis")
 
 import redis.asyncio as aioredis  # noqa: E402 - after the extra check, for its clear message
+from redis.asyncio.client import PubSub  # noqa: E402
+from redis.asyncio.retry import Retry  # noqa: E402
+from redis.backoff import NoBackoff  # noqa: E402
 from redis.exceptions import ConnectionError as RedisConnectionError  # noqa: E402
 from redis.exceptions import RedisError, TimeoutError  # noqa: E402
 
@@ -111,10 +121,46 @@ return deleted
 """
 
 _UNAVAILABLE = (RedisConnectionError, TimeoutError, OSError)
+# Whatever ends a subscription's connection: besides network errors, a
+# server that answers LOADING or refuses a command after a restart.
+_DROPS = (RedisError, OSError)
+
+# Pauses between attempts to subscribe again: short at first, so that a
+# killed connection costs almost nothing, and capped, so that the
+# subscription comes back within a couple of seconds of the server.
+_FIRST_PAUSE = 0.05
+_MAX_PAUSE = 2.0
+# A connection that held this long was a recovery, not a flap: the pauses
+# start short again. (A server that accepts and then drops every connection
+# would otherwise be hammered 20 times a second.)
+_STEADY = 10.0
 
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password: it goes into messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def _deliver(on_event: Callable[[str, str], None], kind: str, operation_id: str) -> None:
+    # A subscriber's bug must not end the subscription: every later event
+    # would be lost without a trace.
+    try:
+        on_event(kind, operation_id)
+    except Exception:
+        logger.exception("store event handler failed on %s %r", kind, operation_id)
+
+
+async def _close_quietly(pubsub: PubSub) -> None:
+    with contextlib.suppress(RedisError, OSError):
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
 class RedisStore:
@@ -128,13 +174,19 @@ class RedisStore:
         *,
         prefix: str = "repoll:",
         backstop: float = 7 * 24 * 3600.0,
+        health_interval: float = 5.0,
     ) -> None:
+        """``health_interval``: seconds of silence after which a subscription pings
+        its connection; one silent for twice that is given up and made again."""
         self.url = url
+        self._where = f"Redis store {_redacted(url)}"
         self.prefix = prefix
         self._backstop = backstop
+        self._health_interval = health_interval
         self._redis: aioredis.Redis | None = None
         self._scripts: dict[str, Any] = {}
-        self._listener: asyncio.Task[None] | None = None
+        self._listeners: list[asyncio.Task[None]] = []
+        self._secret: bytes | None = None
 
     # --- plumbing -----------------------------------------------------------------
 
@@ -152,7 +204,7 @@ class RedisStore:
         try:
             return await self._scripts[name](keys=keys, args=args)
         except _UNAVAILABLE as exc:
-            msg = f"Redis store {self.url}: {exc}"
+            msg = f"{self._where}: {exc}"
             raise StoreUnavailable(msg) from exc
 
     def _script_args(self, op: Operation) -> tuple[list[str], list[Any]]:
@@ -201,13 +253,17 @@ class RedisStore:
     async def open(self) -> None:
         if self._redis is not None:
             return
-        self._redis = aioredis.from_url(self.url, decode_responses=False)
+        # RESP2, because over RESP3 redis-py 8.1 hands out pooled connections
+        # the server has closed, so after a restart every idle connection fails
+        # one command (redis-py #4252); over RESP2 its pool replaces them
+        # unseen. A ?protocol= in the URL still wins.
+        self._redis = aioredis.from_url(self.url, decode_responses=False, protocol=2)
         try:
             await self._redis.ping()
         except _UNAVAILABLE as exc:
             await self._redis.aclose()
             self._redis = None
-            msg = f"Redis store {self.url}: {exc}"
+            msg = f"{self._where}: {exc}"
             raise StoreUnavailable(msg) from exc
         self._scripts = {
             "create": self._redis.register_script(_CREATE),
@@ -216,11 +272,12 @@ class RedisStore:
         }
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError, RedisError):
-                await self._listener
-            self._listener = None
+        listeners, self._listeners = self._listeners, []
+        for task in listeners:
+            task.cancel()
+        # gather retrieves every outcome (no "exception never retrieved"),
+        # and still lets a cancellation of close() itself through.
+        await asyncio.gather(*listeners, return_exceptions=True)
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
@@ -279,24 +336,117 @@ class RedisStore:
                 return deleted
 
     async def subscribe(self, on_event: Callable[[str, str], None]) -> None:
-        pubsub = self._r.pubsub(ignore_subscribe_messages=True)
-        channels = {self._key("finished"): "finished", self._key("cancel"): "cancel"}
+        # A client of its own, without redis-py's retries: those would
+        # reconnect and resubscribe silently, and the subscriber would never
+        # learn that the events sent in between were lost.
+        client = aioredis.from_url(self.url, decode_responses=False, retry=Retry(NoBackoff(), 0))
+        try:
+            pubsub = await self._listen(client, on_event)
+        except _DROPS as exc:
+            await client.aclose()
+            msg = f"{self._where}: {exc}"
+            raise StoreUnavailable(msg) from exc
+        task = asyncio.get_running_loop().create_task(
+            self._supervise(client, pubsub, on_event), name=f"repoll-redis-listener {self.prefix}"
+        )
+        self._listeners.append(task)
+
+    async def _listen(self, client: aioredis.Redis, on_event: Callable[[str, str], None]) -> PubSub:
+        """A connection subscribed to both channels, as the server confirmed."""
+        channels = [self._key("finished"), self._key("cancel")]
+        pubsub = client.pubsub()
         try:
             await pubsub.subscribe(*channels)
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailable(str(exc)) from exc
+            # Only once the server confirms are events sure to arrive; a
+            # resync before that could re-read ahead of the subscription and
+            # miss an event sent in between.
+            pending = set(channels)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 2 * self._health_interval
+            while pending:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    msg = "no confirmation of SUBSCRIBE"
+                    raise TimeoutError(msg)
+                message = await pubsub.get_message(timeout=remaining)
+                if message is not None and message["type"] == "subscribe":
+                    pending.discard(_text(message["channel"]))
+                else:
+                    self._dispatch(on_event, message)
+        except BaseException:
+            await _close_quietly(pubsub)
+            raise
+        return pubsub
 
-        async def listen() -> None:
+    def _dispatch(self, on_event: Callable[[str, str], None], message: Any) -> None:
+        if message is not None and message["type"] == "message":
+            kind = "cancel" if _text(message["channel"]) == self._key("cancel") else "finished"
+            _deliver(on_event, kind, _text(message["data"]))
+
+    async def _pump(self, pubsub: PubSub, on_event: Callable[[str, str], None]) -> None:
+        """Deliver events until the connection fails or stops answering."""
+        interval = self._health_interval
+        loop = asyncio.get_running_loop()
+        heard = loop.time()
+        while True:
+            message = await pubsub.get_message(timeout=interval)
+            now = loop.time()
+            if message is not None:  # an event, or the answer to a PING
+                heard = now
+                self._dispatch(on_event, message)
+            elif now - heard >= 2 * interval:
+                # A half-open connection (peer gone without a reset) fails no
+                # read; only the missing answer gives it away.
+                msg = f"no answer to PING for {now - heard:.1f} s"
+                raise TimeoutError(msg)
+            else:
+                await pubsub.ping()
+
+    async def _supervise(
+        self, client: aioredis.Redis, pubsub: PubSub, on_event: Callable[[str, str], None]
+    ) -> None:
+        """Keep the subscription until close(), whatever happens to the server."""
+        loop = asyncio.get_running_loop()
+        pause = _FIRST_PAUSE
+        try:
+            while True:
+                began = loop.time()
+                try:
+                    await self._pump(pubsub, on_event)
+                except _DROPS as exc:
+                    logger.warning("%s: subscription lost (%s); reconnecting", self._where, exc)
+                except Exception:
+                    logger.exception("%s: subscription failed; reconnecting", self._where)
+                finally:
+                    await _close_quietly(pubsub)
+                if loop.time() - began >= _STEADY:
+                    pause = _FIRST_PAUSE
+                pubsub, pause = await self._resubscribe(client, on_event, pause)
+                _deliver(on_event, "resync", "")
+        finally:
+            await client.aclose()
+
+    async def _resubscribe(
+        self, client: aioredis.Redis, on_event: Callable[[str, str], None], pause: float
+    ) -> tuple[PubSub, float]:
+        lost = asyncio.get_running_loop().time()
+        attempts = 0
+        while True:
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _MAX_PAUSE)
+            attempts += 1
             try:
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        kind = channels.get(_text(message["channel"]), "finished")
-                        on_event(kind, _text(message["data"]))
-            finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-
-        self._listener = asyncio.get_running_loop().create_task(listen())
+                pubsub = await self._listen(client, on_event)
+            except _DROPS as exc:
+                logger.debug("%s: subscribing failed: %s", self._where, exc)
+                continue
+            logger.warning(
+                "%s: subscribed again after %.1f s (%d attempts); resyncing",
+                self._where,
+                asyncio.get_running_loop().time() - lost,
+                attempts,
+            )
+            return pubsub, pause
 
     async def announce_cancel(self, operation_id: str) -> None:
         try:
@@ -320,3 +470,21 @@ class RedisStore:
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(str(exc)) from exc
         return {_text(owner) for owner in owners}
+
+    async def secret(self) -> bytes:
+        if self._secret is None:
+            key = self._key("secret")
+            try:
+                # One transaction: the GET sees either our value or the one
+                # another instance set first.
+                async with self._r.pipeline(transaction=True) as pipe:
+                    pipe.set(key, secrets.token_bytes(32), nx=True)
+                    pipe.get(key)
+                    _, value = await pipe.execute()
+            except _UNAVAILABLE as exc:
+                raise StoreUnavailable(str(exc)) from exc
+            if not isinstance(value, bytes) or len(value) != 32:
+                msg = f"Redis key {key} does not hold a 32-byte secret; delete it to make one"
+                raise RuntimeError(msg)
+            self._secret = value
+        return self._secret

@@ -6,6 +6,7 @@ Each function turns an operation record (and what the request prefers) into a
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import math
@@ -13,9 +14,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from . import _headers as h
+from ._errors import OperationCanceled
 from ._headers import Preferences
 from ._model import Operation, StoredResponse
-from ._status import OperationStatus
+from ._status import Event, OperationStatus
 
 Headers = list[tuple[str, str]]
 
@@ -108,15 +110,34 @@ CORS_EXPOSED = (
 
 
 def cors_headers(origin: str, allowed: frozenset[str]) -> list[tuple[str, str]]:
-    """CORS answer headers for ``origin`` if it is allowed, else none."""
-    if not origin or not allowed or (origin not in allowed and "*" not in allowed):
+    """CORS answer headers for ``origin`` if it is allowed, else none.
+
+    A listed origin is echoed with credentials allowed (its scripts may send
+    the user's cookies). ``"*"`` admits every other origin as ``*``, which
+    browsers never combine with credentials: a site that is not listed can
+    read operation responses only for requests made without cookies.
+    """
+    if not origin or not allowed:
         return []
-    return [
-        ("access-control-allow-origin", origin),
-        ("access-control-allow-credentials", "true"),
-        ("access-control-expose-headers", CORS_EXPOSED),
-        ("vary", "Origin"),
-    ]
+    if origin in allowed:
+        return [
+            ("access-control-allow-origin", origin),
+            ("access-control-allow-credentials", "true"),
+            ("access-control-expose-headers", CORS_EXPOSED),
+            ("vary", "Origin"),
+        ]
+    if "*" in allowed:
+        return [
+            ("access-control-allow-origin", "*"),
+            ("access-control-expose-headers", CORS_EXPOSED),
+        ]
+    return []
+
+
+def with_cors(reply: Reply, origin: str, allowed: frozenset[str]) -> Reply:
+    """``reply`` with the CORS fields ``origin`` gets (none when not allowed)."""
+    reply.headers.extend(cors_headers(origin, allowed))
+    return reply
 
 
 def preflight(origin: str, allowed: frozenset[str]) -> Reply:
@@ -126,35 +147,64 @@ def preflight(origin: str, allowed: frozenset[str]) -> Reply:
             ("access-control-allow-methods", "GET, HEAD, DELETE"),
             (
                 "access-control-allow-headers",
-                "Prefer, Authorization, Idempotency-Key, Content-Type",
+                "Prefer, Authorization, X-API-Key, API-Key, Idempotency-Key, Content-Type",
             ),
             ("access-control-max-age", "600"),
         ]
     return Reply(204, headers, b"")
 
 
-def final(operation: Operation, *, operation_url: str) -> Reply:
-    """The endpoint's own response, replayed, marked as the outcome of ``operation_url``."""
+def final(
+    operation: Operation,
+    *,
+    operation_url: str,
+    origin: str = "",
+    cors_origins: frozenset[str] = frozenset(),
+) -> Reply:
+    """The endpoint's own response, replayed, marked as the outcome of ``operation_url``.
+
+    CORS fields the app set on it answered the *start's* ``Origin``; they are
+    replayed only to a request from that same origin (or when they allowed
+    ``*``), and never beside repoll's own (``cors_origins``), so a browser
+    never sees two ``Access-Control-Allow-Origin`` fields.
+    """
     if operation.response is None:  # a terminal record always has one; be safe anyway
         stored = lost_response("the operation ended without a response")
     else:
         stored = operation.response
-    headers: Headers = [(k, v) for k, v in stored.headers if k.lower() not in _REPLACED_ON_REPLAY]
-    headers += [
+    kept: Headers = []
+    app_cors: Headers = []
+    for name, value in stored.headers:
+        lowered = name.lower()
+        if lowered in _REPLACED_ON_REPLAY:
+            continue
+        (app_cors if lowered.startswith("access-control-") else kept).append((name, value))
+    kept += [
         (h.OPERATION_STATUS, operation.status.value),
         ("content-location", operation_url),
         _NO_STORE,
     ]
-    return Reply(stored.status, headers, stored.body)
+    if cors_origins:
+        kept += cors_headers(origin, cors_origins)
+    elif origin:
+        allowed = next((v for k, v in app_cors if k.lower() == "access-control-allow-origin"), "")
+        if allowed in {"*", origin}:
+            kept += app_cors
+    return Reply(stored.status, kept, stored.body)
 
 
 def status_only(operation: Operation, *, status: int = 200) -> Reply:
-    """The status document alone (the answer to DELETE)."""
+    """The status document alone."""
     return Reply(
         status,
         [(h.OPERATION_STATUS, operation.status.value), _JSON, _NO_STORE],
         operation.status_json(),
     )
+
+
+def cancel_answer(operation: Operation) -> Reply:
+    """The answer to DELETE: 200 once the operation has ended, 202 while it is stopping."""
+    return status_only(operation, status=200 if operation.status.is_terminal else 202)
 
 
 def problem(
@@ -257,6 +307,40 @@ def handler_error_response(exc: BaseException) -> StoredResponse:
 
 def lost_response(reason: str) -> StoredResponse:
     return stored_problem(500, "The operation was lost", reason, kind="operation-lost")
+
+
+def unstorable_response() -> StoredResponse:
+    return stored_problem(
+        500,
+        "The operation's outcome could not be stored",
+        "The work ended, but the store refused its response; the server log has the details.",
+        kind="outcome-not-stored",
+    )
+
+
+def interrupted_outcome(
+    exc: BaseException | None, *, cancel_requested: bool
+) -> tuple[Event, StoredResponse, str]:
+    """How work that ended without a response ends: (event, stored problem, message).
+
+    Cancellation that was asked for is ``canceled``; a cancellation nobody
+    asked for (a shutdown) means the work was lost; anything raised is a
+    failure whose type, not message, the client sees.
+    """
+    cancelled = isinstance(exc, asyncio.CancelledError | OperationCanceled)
+    if cancel_requested and cancelled:
+        return Event.CANCEL, canceled_response(), "Canceled on request."
+    if isinstance(exc, asyncio.CancelledError):
+        reason = "The server stopped the work before it finished."
+        return Event.LOSE, lost_response(reason), reason
+    if exc is None:
+        reason = "The work ended without a response."
+        return Event.FINISH_ERROR, lost_response(reason), reason
+    return (
+        Event.FINISH_ERROR,
+        handler_error_response(exc),
+        f"The endpoint raised {type(exc).__name__}.",
+    )
 
 
 def canceled_response() -> StoredResponse:

@@ -1,17 +1,27 @@
-"""The embedded default store: one SQLite file, durable across restarts.
+"""The embedded default store: one SQLite file, shared by the processes of one host.
 
 sqlite3 calls block, so they run on one dedicated thread that owns the
 connection; the event loop only awaits them. One thread also serialises
 writes, which is what SQLite does anyway. WAL mode lets readers in other
-processes (a second server reading the same file) proceed during writes.
+processes proceed during writes.
+
+Processes sharing a file (``uvicorn --workers``, gunicorn) know who is alive
+by lock files (see :mod:`._owner_locks`), and learn what the others did from
+``repoll_events``: the transaction that ends an operation appends a row, and
+a watcher thread polls ``PRAGMA data_version`` (a few system calls, changed
+only by other connections' commits) and reads the new rows when it moves.
+``":memory:"`` is a private database: one process, no events, no owners.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
+import secrets
 import sqlite3
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -19,8 +29,10 @@ from typing import Any, TypeVar
 
 from ._errors import DuplicateOperation, StoreUnavailable
 from ._model import Operation, decode_row, encode_row
+from ._owner_locks import OwnerLocks
 
 T = TypeVar("T")
+logger = logging.getLogger("repoll")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS repoll_operations (
@@ -38,12 +50,56 @@ CREATE INDEX IF NOT EXISTS repoll_operations_unfinished
     ON repoll_operations (status) WHERE status IN ('queued', 'running');
 CREATE UNIQUE INDEX IF NOT EXISTS repoll_operations_idempotency_key
     ON repoll_operations (idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS repoll_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    origin TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    operation_id TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS repoll_meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
 """
 _COLUMNS = "id, version, status, expires_at, record, response, idempotency_key"
 _INSERT = f"INSERT INTO repoll_operations ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
+_BUSY = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (primary codes)
+
+# Events are for instances that are up now; a watcher that falls further
+# behind than this resyncs anyway. Sweeping rides on a write transaction.
+_EVENT_RETENTION = 60.0
+_EVENT_SWEEP_EVERY = 30.0
+# A watcher waits on a busy database no longer than this, so close() stays
+# prompt; it simply tries again on its next poll.
+_WATCH_TIMEOUT = 1.0
+_WATCH_MAX_PAUSE = 2.0
+# Per cached record, beyond its response body: the record's own fields.
+_ENTRY_OVERHEAD = 512
 
 _Job = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
 _BATCH = 256
+
+
+def _prepare(connection: sqlite3.Connection, timeout: float) -> None:
+    """WAL mode and the schema, safe when several processes start on a new file at once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            # Switching to WAL takes an exclusive lock and may answer "locked"
+            # without waiting on the busy timeout; once set, it stays in the file.
+            if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                connection.execute("PRAGMA journal_mode=WAL")
+            try:
+                connection.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            busy = exc.sqlite_errorcode & 0xFF in _BUSY
+            if not busy or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01 + secrets.randbelow(40) / 1000)
+        else:
+            return
 
 
 class _Worker:
@@ -81,9 +137,12 @@ class _Worker:
             connection = sqlite3.connect(
                 path, timeout=timeout, isolation_level=None, check_same_thread=False
             )
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
-            connection.executescript(_SCHEMA)
+            try:
+                connection.execute("PRAGMA synchronous=NORMAL")
+                _prepare(connection, timeout)
+            except BaseException:
+                connection.close()
+                raise
         except BaseException as exc:  # reported to the opener
             self._error = exc
             self._ready.set()
@@ -144,49 +203,206 @@ def _answer(answers: list[tuple[_Job, Any, BaseException | None]]) -> None:
             future.set_result(value)
 
 
+_Subscriber = tuple[Callable[[str, str], None], asyncio.AbstractEventLoop]
+
+
+class _Watcher:
+    """A thread that hands other instances' events to the subscribers' event loops."""
+
+    def __init__(self, path: str, timeout: float, origin: str, interval: float) -> None:
+        self._path = path
+        self._timeout = min(timeout, _WATCH_TIMEOUT)
+        self._origin = origin
+        self._interval = interval
+        # Replaced, never mutated: the thread reads it without a lock.
+        self._subscribers: tuple[_Subscriber, ...] = ()
+        # Held until stop(): waiting on it is a timed sleep that stop() cuts
+        # short, for about two thirds of the CPU of an Event's wait.
+        self._stop = threading.Lock()
+        self._stop.acquire()
+        self._connection: sqlite3.Connection | None = None
+        self._version: int | None = None
+        self._last_seq = 0
+        self._thread: threading.Thread | None = None
+
+    def add(self, subscriber: _Subscriber) -> None:
+        self._subscribers = (*self._subscribers, subscriber)
+
+    def start(self) -> None:
+        """Blocks: connects, and starts after the newest event (no replay)."""
+        connection = self._connect()
+        try:
+            # data_version first: an event committed in between is then seen
+            # as a change and read (once) on the first poll.
+            self._version = connection.execute("PRAGMA data_version").fetchone()[0]
+            # The last number ever given, even if swept since: the next
+            # event follows it without a gap.
+            self._last_seq = connection.execute(
+                "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'repoll_events'"
+            ).fetchone()[0]
+        except BaseException:
+            connection.close()
+            raise
+        self._connection = connection
+        self._thread = threading.Thread(target=self._run, name="repoll-sqlite-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.release()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(
+            self._path, timeout=self._timeout, isolation_level=None, check_same_thread=False
+        )
+
+    def _run(self) -> None:
+        failures = 0
+        pause = self._interval
+        try:
+            while not self._stop.acquire(timeout=pause):
+                try:
+                    batch = self._poll(force=failures > 0)
+                except Exception as exc:  # whatever it is, the subscription lasts
+                    if failures == 0:
+                        logger.warning("SQLite store %s: event watcher failed: %s", self._path, exc)
+                    failures += 1
+                    self._disconnect()
+                    pause = min(self._interval * 2 ** min(failures, 8), _WATCH_MAX_PAUSE)
+                    continue
+                if failures:
+                    # Nothing is lost from the table in a short outage, but
+                    # whatever was swept meanwhile is: subscribers re-read.
+                    logger.info("SQLite store %s: event watcher recovered", self._path)
+                    if ("resync", "") not in batch:
+                        batch.append(("resync", ""))
+                    failures, pause = 0, self._interval
+                if batch:
+                    self._deliver(batch)
+        finally:
+            self._disconnect()
+
+    def _poll(self, *, force: bool) -> list[tuple[str, str]]:
+        if self._connection is None:
+            self._connection = self._connect()
+            force = True
+        connection = self._connection
+        version = connection.execute("PRAGMA data_version").fetchone()[0]
+        if version == self._version and not force:
+            return []
+        rows = connection.execute(
+            "SELECT seq, origin, kind, operation_id FROM repoll_events WHERE seq > ? ORDER BY seq",
+            (self._last_seq,),
+        ).fetchall()
+        self._version = version
+        if not rows:
+            return []
+        # Sequence numbers have no gaps but those left by sweeping: events
+        # this watcher never read (a process stopped or starved for a minute).
+        missed = rows[0][0] > self._last_seq + 1
+        self._last_seq = rows[-1][0]
+        batch = [(kind, op_id) for _, origin, kind, op_id in rows if origin != self._origin]
+        return [*batch, ("resync", "")] if missed else batch
+
+    def _disconnect(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
+
+    def _deliver(self, batch: list[tuple[str, str]]) -> None:
+        for on_event, loop in self._subscribers:
+            try:
+                loop.call_soon_threadsafe(_dispatch, on_event, batch)
+            except RuntimeError:  # that loop is closed: nobody left to tell
+                continue
+
+
+def _dispatch(on_event: Callable[[str, str], None], batch: list[tuple[str, str]]) -> None:
+    for kind, op_id in batch:
+        try:
+            on_event(kind, op_id)
+        except Exception:
+            logger.exception("store event handler failed on %s %s", kind, op_id)
+
+
 class SQLiteStore:
     """Operations in a SQLite file (``":memory:"`` for a private in-memory database).
 
-    For one server process per file (see ``Store.shared``).
+    A file may be shared by several processes on one host (``shared`` is then
+    True). ``cache_bytes`` and ``cache_size`` bound the in-memory cache of
+    ended operations; ``watch_interval`` is how often a subscribed store looks
+    for other processes' events.
     """
 
-    shared = False
+    shared: bool
 
-    def __init__(self, path: str | Path, *, timeout: float = 5.0, cache_size: int = 4096) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        timeout: float = 5.0,
+        cache_size: int = 4096,
+        cache_bytes: int = 16 * 1024 * 1024,
+        watch_interval: float = 0.05,
+    ) -> None:
         self.path = str(path)
+        self.shared = self.path not in {"", ":memory:"}
         self._timeout = timeout
         # Terminal records never change again (only expiry drops them), so the
         # most recent ones are served from memory: replays cost no thread hop.
-        self._terminal: OrderedDict[str, Operation] = OrderedDict()
+        # Bounded by bytes too: a few large responses must not hold the RSS.
+        self._terminal: OrderedDict[str, tuple[Operation, int]] = OrderedDict()
         self._cache_size = cache_size
+        self._cache_bytes = cache_bytes
+        self._cached_bytes = 0
         self._worker: _Worker | None = None
+        self._origin = secrets.token_hex(8)
+        self._watch_interval = watch_interval
+        self._watcher: _Watcher | None = None
+        self._owners = OwnerLocks(Path(f"{self.path}-owners")) if self.shared else None
+        self._secret: bytes | None = None
+        self._next_sweep = 0.0  # read and written on the worker thread only
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        return StoreUnavailable(f"SQLite store {self.path}: {exc}")
+
+    def _opened(self) -> _Worker:
         if self._worker is None:
             msg = "SQLiteStore used before open()"
             raise RuntimeError(msg)
+        return self._worker
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        worker = self._opened()
         try:
-            return await self._worker.submit(fn)
+            return await worker.submit(fn)
         except sqlite3.OperationalError as exc:  # locked, busy, disk I/O, cannot open
-            msg = f"SQLite store {self.path}: {exc}"
-            raise StoreUnavailable(msg) from exc
+            raise self._unavailable(exc) from exc
 
     async def open(self) -> None:
         if self._worker is not None:
             return
-        if self.path != ":memory:":
+        if self.shared:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         # Connecting and creating the schema block: off the event loop.
-        self._worker = await asyncio.get_running_loop().run_in_executor(
-            None, _Worker, self.path, self._timeout
-        )
+        try:
+            self._worker = await asyncio.to_thread(_Worker, self.path, self._timeout)
+        except sqlite3.OperationalError as exc:
+            raise self._unavailable(exc) from exc
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            watcher, self._watcher = self._watcher, None
+            await asyncio.to_thread(watcher.stop)
+        if self._owners is not None:
+            await asyncio.to_thread(self._owners.close)
         if self._worker is None:
             return
         worker, self._worker = self._worker, None
-        await asyncio.get_running_loop().run_in_executor(None, worker.stop)
+        await asyncio.to_thread(worker.stop)
         self._terminal.clear()
+        self._cached_bytes = 0
 
     async def create(self, operation: Operation) -> None:
         row = encode_row(operation)
@@ -208,16 +424,40 @@ class SQLiteStore:
         await self._run(insert)
 
     def _remember(self, operation: Operation) -> None:
-        if operation.status.is_terminal and self._cache_size > 0:
-            self._terminal[operation.id] = operation
-            if len(self._terminal) > self._cache_size:
-                self._terminal.popitem(last=False)
+        # An expired record is purged soon, here or elsewhere: the file has the truth.
+        expired = operation.expires_at is not None and operation.expires_at <= time.time()
+        if not operation.status.is_terminal or self._cache_size <= 0 or expired:
+            return
+        self._forget(operation.id)
+        response = operation.response
+        size = 0 if response is None else len(response.body)
+        if size > self._cache_bytes // 4:
+            return  # would evict a crowd of small records to hold one large
+        if response is not None:
+            size += sum(len(name) + len(value) for name, value in response.headers)
+        cost = size + _ENTRY_OVERHEAD
+        self._terminal[operation.id] = (operation, cost)
+        self._cached_bytes += cost
+        while self._terminal and (
+            len(self._terminal) > self._cache_size or self._cached_bytes > self._cache_bytes
+        ):
+            _, (_, evicted) = self._terminal.popitem(last=False)
+            self._cached_bytes -= evicted
+
+    def _forget(self, operation_id: str) -> None:
+        entry = self._terminal.pop(operation_id, None)
+        if entry is not None:
+            self._cached_bytes -= entry[1]
 
     async def get(self, operation_id: str) -> Operation | None:
-        cached = self._terminal.get(operation_id)
-        if cached is not None:
-            self._terminal.move_to_end(operation_id)
-            return cached
+        entry = self._terminal.get(operation_id)
+        if entry is not None:
+            cached = entry[0]
+            # Past expiry another process may have purged it: ask the file.
+            if cached.expires_at is None or cached.expires_at > time.time():
+                self._terminal.move_to_end(operation_id)
+                return cached
+            self._forget(operation_id)
 
         def select(c: sqlite3.Connection) -> tuple[Any, ...] | None:
             cursor = c.execute(
@@ -234,17 +474,70 @@ class SQLiteStore:
         self._remember(operation)
         return operation
 
+    def _publish(self, c: sqlite3.Connection, kind: str, operation_id: str) -> None:
+        """Append an event in the caller's transaction (on the worker thread)."""
+        now = time.time()
+        c.execute(
+            "INSERT INTO repoll_events (at, origin, kind, operation_id) VALUES (?, ?, ?, ?)",
+            (now, self._origin, kind, operation_id),
+        )
+        if now >= self._next_sweep:
+            self._next_sweep = now + _EVENT_SWEEP_EVERY
+            c.execute("DELETE FROM repoll_events WHERE at < ?", (now - _EVENT_RETENTION,))
+
     async def subscribe(self, on_event: Callable[[str, str], None]) -> None:
-        return None
+        if not self.shared:
+            return  # one process: the server notifies itself
+        self._opened()
+        subscriber = (on_event, asyncio.get_running_loop())
+        if self._watcher is not None:
+            self._watcher.add(subscriber)
+            return
+        watcher = _Watcher(self.path, self._timeout, self._origin, self._watch_interval)
+        watcher.add(subscriber)
+        try:
+            await asyncio.to_thread(watcher.start)
+        except sqlite3.Error as exc:
+            raise self._unavailable(exc) from exc
+        self._watcher = watcher
 
     async def announce_cancel(self, operation_id: str) -> None:
-        return None
+        if self.shared:
+            await self._run(lambda c: self._publish(c, "cancel", operation_id))
 
     async def heartbeat(self, owner: str, *, ttl: float) -> None:
-        return None  # one process per file: its owner is always the living one
+        if self._owners is None:
+            return  # one process per private database: its owner is the living one
+        # The lock lives as long as the process; ttl only matters as a farewell.
+        change = self._owners.hold if ttl > 0 else self._owners.release
+        try:
+            await asyncio.to_thread(change, owner)
+        except OSError as exc:
+            raise self._unavailable(exc) from exc
 
     async def live_owners(self) -> set[str]:
-        return set()
+        if self._owners is None:
+            return set()
+        try:
+            return await asyncio.to_thread(self._owners.live)
+        except OSError as exc:
+            raise self._unavailable(exc) from exc
+
+    async def secret(self) -> bytes:
+        if self._secret is None:
+            candidate = secrets.token_bytes(32)
+
+            def read(c: sqlite3.Connection) -> bytes:
+                # The first process to commit wins; everyone reads its value.
+                c.execute(
+                    "INSERT OR IGNORE INTO repoll_meta (name, value) VALUES ('secret', ?)",
+                    (candidate,),
+                )
+                row = c.execute("SELECT value FROM repoll_meta WHERE name = 'secret'").fetchone()
+                return bytes(row[0])
+
+            self._secret = await self._run(read)
+        return self._secret
 
     async def find_by_idempotency_key(self, key: str) -> Operation | None:
         def select(c: sqlite3.Connection) -> tuple[Any, ...] | None:
@@ -259,6 +552,7 @@ class SQLiteStore:
 
     async def compare_and_set(self, operation: Operation, *, expected_version: int) -> bool:
         op_id, version, status, expires_at, record, response, _ = encode_row(operation)
+        watched = self.shared and operation.status.is_terminal
 
         def update(c: sqlite3.Connection) -> bool:
             cursor = c.execute(
@@ -266,7 +560,14 @@ class SQLiteStore:
                 "record = ?, response = ? WHERE id = ? AND version = ?",
                 (version, status, expires_at, record, response, op_id, expected_version),
             )
-            return cursor.rowcount == 1
+            if cursor.rowcount != 1:
+                return False
+            if watched:
+                # In the same transaction as the update. The record it replaced
+                # was unfinished: no writer moves a terminal record to another
+                # (and if one did, the event would only cost a re-read).
+                self._publish(c, "finished", op_id)
+            return True
 
         updated = await self._run(update)
         if updated:
@@ -283,9 +584,9 @@ class SQLiteStore:
         return [decode_row(row) for row in await self._run(select)]
 
     async def purge(self, *, now: float, tombstone: float) -> int:
-        for op_id, op in list(self._terminal.items()):
+        for op_id, (op, _) in list(self._terminal.items()):
             if op.expires_at is not None and op.expires_at <= now:
-                del self._terminal[op_id]
+                self._forget(op_id)
 
         def purge(c: sqlite3.Connection) -> int:
             deleted = c.execute(
@@ -296,6 +597,7 @@ class SQLiteStore:
                 "WHERE expires_at <= ? AND response IS NOT NULL",
                 (now,),
             )
+            c.execute("DELETE FROM repoll_events WHERE at < ?", (time.time() - _EVENT_RETENTION,))
             return deleted
 
         return await self._run(purge)

@@ -10,6 +10,7 @@ writer whose version is stale loses and retries from a fresh read.
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import time
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
@@ -74,6 +75,13 @@ class Store(Protocol):
         :meth:`compare_and_set` itself) and ``"cancel"`` after
         :meth:`announce_cancel`. Stores that are not shared may do nothing:
         their only process notifies itself.
+
+        The subscription lasts until :meth:`close`, whatever happens to the
+        backend meanwhile: a store whose connection drops (a restart, a killed
+        connection) reconnects by itself, with growing pauses, and then calls
+        ``on_event("resync", "")`` because events sent in between are lost; the
+        subscriber re-reads whatever it was waiting for. ``on_event`` runs on
+        the event loop that called :meth:`subscribe` and must not block.
         """
 
     async def announce_cancel(self, operation_id: str) -> None:
@@ -84,6 +92,12 @@ class Store(Protocol):
 
     async def live_owners(self) -> set[str]:
         """The owners whose last heartbeat has not expired."""
+
+    async def secret(self) -> bytes:
+        """32 random bytes made once per store, the same for every instance using it.
+
+        Keys the digests of principals when the server is given no key of its own.
+        """
 
 
 # A store reports conflicts by returning False; a writer retries this often
@@ -116,7 +130,7 @@ async def update_operation(
         updated = change(current)
         if updated is None:
             return current
-        updated = dataclasses.replace(updated, version=current.version + 1)
+        updated = updated.evolve(version=current.version + 1)
         if await store.compare_and_set(updated, expected_version=current.version):
             return updated
         current = None
@@ -133,6 +147,7 @@ class MemoryStore:
         self._records: dict[str, Operation] = {}
         self._by_key: dict[str, str] = {}
         self._owners: dict[str, float] = {}
+        self._secret = secrets.token_bytes(32)
 
     async def open(self) -> None:
         return None
@@ -194,6 +209,9 @@ class MemoryStore:
     async def live_owners(self) -> set[str]:
         now = time.time()
         return {owner for owner, until in self._owners.items() if until > now}
+
+    async def secret(self) -> bytes:
+        return self._secret
 
     def __len__(self) -> int:
         return len(self._records)

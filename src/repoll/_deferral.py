@@ -1,0 +1,579 @@
+"""Turning a request into an operation: ``defer()``, ``@deferred``, and the work's handle.
+
+How a request is deferred
+-------------------------
+The middleware runs the app for a request that may defer in a child task
+(:meth:`DeferrableRequest.run_app`). The app validates the request as
+usual; when the endpoint calls :func:`defer` (``@deferred`` does so on
+entry), the operation is admitted, created and tracked, the middleware
+answers the client ``303``/``202`` (or waits for ``Prefer: wait``), and the
+child task keeps running the endpoint. Whatever the app then sends is
+captured and stored as the operation's final response, so the replay is
+exactly what the synchronous call would have answered.
+
+Every resource a deferral takes (an admission, an executor slot, the
+record's tracking) is given back on every path: if anything fails before
+the operation exists, :meth:`DeferrableRequest.defer` undoes what it took
+before re-raising; once it exists, :meth:`DeferrableRequest.run_app`
+records its outcome and releases the rest, whatever the work did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast, overload
+
+from . import _replies as replies
+from ._admission import quota_key
+from ._errors import DuplicateOperation, NotDeferrableError, OperationCanceled, StoreUnavailable
+from ._headers import (
+    IDEMPOTENCY_KEY,
+    InvalidIdempotencyKey,
+    Preferences,
+    digest,
+    new_operation_id,
+    parse_idempotency_key,
+)
+from ._model import Operation, StoredResponse, clamp_progress
+from ._routes import DEFERRED_MARK
+from ._status import Event, OperationStatus
+
+if TYPE_CHECKING:
+    from ._server import PollingServer
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+logger = logging.getLogger("repoll")
+
+
+class RunningOperation:
+    """The operation the current request became; what the endpoint's work talks to.
+
+    Get it from :func:`defer` or :func:`current_operation`. Its methods are
+    safe to call from the event loop and from a sync handler's thread.
+    """
+
+    def __init__(self, server: PollingServer, operation: Operation, url: str, quota: str) -> None:
+        self.id = operation.id
+        self.url = url
+        self.record = operation  # the latest version this process wrote or read
+        self.server = server
+        self.quota = quota  # whose admission this operation holds
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        # A plain flag: set on the loop, read from any thread (a bool is atomic).
+        self._cancel = False
+        self._in_thread = False
+        self.work_done = False
+        self._task = asyncio.current_task()
+        self._pending: tuple[float | None, str | None] | None = None
+        self._flushing = False
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once a client asked to cancel; sync work should check and stop."""
+        return self._cancel
+
+    def raise_if_canceled(self) -> None:
+        """Raise :class:`~repoll.OperationCanceled` if cancellation was requested."""
+        if self._cancel:
+            msg = "cancellation was requested"
+            raise OperationCanceled(msg, operation_url=self.url)
+
+    def report_progress(self, progress: float | None = None, message: str | None = None) -> None:
+        """Record how far the work is (0..1) and a short message, for status polls."""
+        self._pending = (clamp_progress(progress), message)
+        if threading.get_ident() == self._loop_thread:
+            self._schedule_flush()
+        else:
+            self._loop.call_soon_threadsafe(self._schedule_flush)
+
+    def _schedule_flush(self) -> None:
+        # Coalesce: at most one store write in flight; the newest report wins.
+        if not self._flushing and self._pending is not None:
+            self._flushing = True
+            self._loop.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending is not None:
+                progress, message = self._pending
+                self._pending = None
+                await self.server.store_progress(self, progress, message)
+        except Exception as exc:
+            # Progress is advisory: a store that cannot take it now loses this
+            # report, not the work. The next report tries again.
+            logger.warning("operation %s: progress not stored (%s)", self.id, exc)
+        finally:
+            self._flushing = False
+
+    def request_cancel(self) -> None:
+        self._cancel = True
+        # Async work is cancelled at its next await; sync work in a thread
+        # cannot be interrupted and must check ``cancel_requested``. Work that
+        # has already ended is left to record its own outcome.
+        if not self._in_thread and not self.work_done and self._task is not None:
+            self._task.cancel()
+
+    async def run_sync(self, fn: Callable[[], R]) -> R:
+        """Run blocking work on the executor's threads, as this operation."""
+        self._in_thread = True
+        try:
+            return await self.server.executor.run_sync(fn)
+        finally:
+            self._in_thread = False
+
+
+class WorkContext(Protocol):
+    """What deferred work can ask of its operation, wherever it runs."""
+
+    id: str
+
+    @property
+    def cancel_requested(self) -> bool: ...
+
+    def raise_if_canceled(self) -> None: ...
+
+    def report_progress(
+        self, progress: float | None = None, message: str | None = None
+    ) -> None: ...
+
+
+_current_request: contextvars.ContextVar[DeferrableRequest | None] = contextvars.ContextVar(
+    "repoll_request", default=None
+)
+_current_operation: contextvars.ContextVar[WorkContext | None] = contextvars.ContextVar(
+    "repoll_operation", default=None
+)
+
+
+class DeferralAborted(BaseException):
+    """Raised inside the app when defer() must answer the client with an error instead.
+
+    A BaseException, so that an endpoint's or a middleware's ``except
+    Exception`` cannot turn the intended answer (a 413, 429, 503...) into a 500.
+    """
+
+    def __init__(self, reply: replies.Reply) -> None:
+        self.reply = reply
+        super().__init__(reply.status)
+
+
+class HandedOff(BaseException):
+    """Raised in the endpoint once a remote executor has taken the work over."""
+
+
+class DeferrableRequest:
+    """One HTTP request on its way through the app, which may become an operation."""
+
+    def __init__(
+        self,
+        server: PollingServer,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        preferences: Preferences,
+        *,
+        always_defers: bool = False,
+    ) -> None:
+        self.server = server
+        self.scope = scope
+        self.preferences = preferences
+        self._receive = receive
+        self._send = send
+        self._always_defers = always_defers
+        self._replay: list[bytes] = []
+        # The body itself is kept only when an idempotency key needs its digest.
+        self._key_values = [
+            v.decode("latin-1") for k, v in scope["headers"] if k == IDEMPOTENCY_KEY.encode()
+        ]
+        self._body: list[bytes] | None = [] if self._key_values else None
+        self._body_size = 0
+        self._body_complete = False
+        self._response_started = False
+        self.refused = False  # answered 413 before the app had read the body
+        self.decided: asyncio.Future[RunningOperation | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.running: RunningOperation | None = None
+        self._exit = AsyncExitStack()
+        self._captured_status: int | None = None
+        self._captured_headers: tuple[tuple[str, str], ...] = ()
+        self._captured_body: list[bytes] = []
+        self._captured_size = 0
+        self._captured_complete = False
+
+    # --- what the app sees ------------------------------------------------------
+
+    async def receive(self) -> Message:
+        if self.refused:
+            return {"type": "http.disconnect"}
+        if self.running is None:
+            message = await self._receive()
+            if message["type"] == "http.request":
+                self._count_body(message)
+                if self._always_defers and self._body_size > self.server.max_body_size:
+                    # The endpoint would refuse to defer this body anyway:
+                    # answer now, before the app buffers all of it.
+                    await self.refuse(replies.body_too_large(self.server.max_body_size))
+                    return {"type": "http.disconnect"}
+            return message
+        if self._replay:
+            chunk = self._replay.pop(0)
+            return {"type": "http.request", "body": chunk, "more_body": bool(self._replay)}
+        # The client has its answer; the work must not see it leave. Block
+        # until the task is cancelled (which only cancellation does).
+        await asyncio.get_running_loop().create_future()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def refuse(self, reply: replies.Reply) -> None:
+        """Answer the client with ``reply`` now; the app's own answer is dropped."""
+        if not self._response_started and not self.refused:
+            self.refused = True
+            self._response_started = True
+            await send_reply(self._send, reply)
+
+    async def send(self, message: Message) -> None:
+        if self.refused:
+            return
+        if self.running is None:
+            if message["type"] == "http.response.start":
+                self._response_started = True
+            await self._send(message)
+            return
+        if message["type"] == "http.response.start":
+            self._captured_status = int(message["status"])
+            self._captured_headers = tuple(
+                (k.decode("latin-1"), v.decode("latin-1")) for k, v in message.get("headers", ())
+            )
+        elif message["type"] == "http.response.body":
+            body = bytes(message.get("body", b""))
+            self._captured_size += len(body)
+            if self._captured_size <= self.server.max_response_size:
+                self._captured_body.append(body)
+            if not message.get("more_body", False):
+                self._captured_complete = True
+
+    def _count_body(self, message: Message) -> None:
+        chunk = message.get("body", b"")
+        self._body_size += len(chunk)
+        if self._body is not None and self._body_size <= self.server.max_body_size:
+            self._body.append(bytes(chunk))
+        if not message.get("more_body", False):
+            self._body_complete = True
+
+    # --- defer() ------------------------------------------------------------------
+
+    async def defer(self) -> RunningOperation:
+        if self.running is not None:
+            return self.running
+        if self._response_started:
+            msg = "defer() was called after the response started"
+            raise NotDeferrableError(msg)
+        server = self.server
+        limit = server.max_body_size
+        while not self._body_complete:
+            message = await self._receive()
+            if message["type"] != "http.request":
+                msg = "the client disconnected before its request body arrived"
+                raise NotDeferrableError(msg)
+            self._count_body(message)
+            if self._body_size > limit:
+                raise DeferralAborted(replies.body_too_large(limit))
+            self._replay.append(bytes(message.get("body", b"")))
+        if self._body_size > limit:
+            raise DeferralAborted(replies.body_too_large(limit))
+
+        principal = await server.principal_of(self.scope)
+        key_digest, request_digest = await self._check_idempotency(principal)
+        client = self.scope.get("client")
+        quota = quota_key(principal, client[0] if client else None)
+        refused = server.admission.admit(quota)  # counted before any other await
+        if refused is not None:
+            raise DeferralAborted(server.refuse(refused))
+        try:
+            op = await self._create(principal, key_digest, request_digest)
+        except BaseException:
+            await self._exit.aclose()  # the slot, if one was taken
+            server.admission.release(quota)
+            raise
+        running = RunningOperation(server, op, server.operation_url(self.scope, op.id), quota)
+        self.running = running
+        server.track(running)
+        _current_operation.set(running)
+        if not self.decided.done():
+            self.decided.set_result(running)
+        # From here on the client has (or is about to get) its redirect; the
+        # rest of the endpoint is the operation's work.
+        if op.status is OperationStatus.QUEUED and not hasattr(server.executor, "hand_off"):
+            # (A remote executor's worker starts the operation itself.)
+            await self._exit.enter_async_context(server.executor.slot(op.id))
+            if running.cancel_requested:
+                raise asyncio.CancelledError
+            if await server.transition(op.id, Event.START) is None:
+                # Canceled (or declared lost) by another process while queued.
+                running._cancel = True
+                raise asyncio.CancelledError
+        return running
+
+    async def _create(
+        self, principal: str, key_digest: str | None, request_digest: str | None
+    ) -> Operation:
+        server = self.server
+        # With a slot free, the operation is born running: one write, not two.
+        immediate = server.executor.has_free_slot()
+        op_id = new_operation_id()
+        if immediate:
+            await self._exit.enter_async_context(server.executor.slot(op_id))
+        now = time.time()
+        op = Operation(
+            id=op_id,
+            principal=principal,
+            endpoint=f"{self.scope['method']} {_route_path(self.scope)}",
+            status=OperationStatus.RUNNING if immediate else OperationStatus.QUEUED,
+            created_at=now,
+            updated_at=now,
+            started_at=now if immediate else None,
+            idempotency_key=key_digest,
+            request_digest=request_digest,
+            owner=server.instance_id,
+            respond_async=self.preferences.respond_async,
+        )
+        try:
+            await server.store.create(op)
+        except DuplicateOperation as duplicate:
+            # A concurrent twin won the race for the key: answer as it would.
+            existing = await server.store.get(duplicate.existing_id)
+            raise DeferralAborted(self._duplicate_reply(existing, request_digest)) from None
+        except StoreUnavailable:
+            logger.warning("store unavailable: request not deferred", exc_info=True)
+            raise DeferralAborted(replies.store_unavailable()) from None
+        return op
+
+    async def _check_idempotency(self, principal: str) -> tuple[str | None, str | None]:
+        """Digests of (principal, key) and of the request; raises to answer a repeat."""
+        try:
+            key = parse_idempotency_key(self._key_values)
+        except InvalidIdempotencyKey as exc:
+            raise DeferralAborted(replies.bad_idempotency_key(str(exc))) from None
+        if key is None:
+            return None, None
+        scope = self.scope
+        key_digest = digest("idempotency-key", principal, key)
+        request_digest = digest(
+            scope["method"],
+            scope["path"],
+            scope.get("query_string", b""),
+            b"".join(self._body or ()),
+        )
+        existing = await self.server.store.find_by_idempotency_key(key_digest)
+        if existing is not None:
+            raise DeferralAborted(self._duplicate_reply(existing, request_digest))
+        return key_digest, request_digest
+
+    def _duplicate_reply(
+        self, existing: Operation | None, request_digest: str | None
+    ) -> replies.Reply:
+        if existing is None:  # purged between the two reads
+            return replies.store_unavailable()
+        if existing.request_digest != request_digest:
+            return replies.idempotency_key_reused()
+        origin = next((v.decode("latin-1") for k, v in self.scope["headers"] if k == b"origin"), "")
+        return self.server.answer(self.scope, existing, self.preferences, origin)
+
+    # --- the child task -------------------------------------------------------------
+
+    def child_done(self, task: asyncio.Task[None]) -> None:
+        """The app returned or raised: if it never deferred, the middleware answers."""
+        if not self.decided.done():
+            self.decided.set_result(None)
+        elif self.decided.cancelled() and not task.cancelled():
+            task.exception()  # the requester left; nobody else will look
+
+    async def run_app(self, app: ASGIApp) -> None:
+        _current_request.set(self)
+        interrupted: BaseException | None = None
+        try:
+            await app(self.scope, self.receive, self.send)
+        except BaseException as exc:
+            if self.running is None:
+                raise
+            interrupted = exc
+        running = self.running
+        if running is None:
+            return
+        running.work_done = True
+        # Recording the outcome must not be cut short by a late cancellation
+        # (a DELETE or a shutdown racing the end of the work), or the
+        # operation would stay "running" for ever.
+        await asyncio.shield(self._settle(running, interrupted))
+        if isinstance(interrupted, asyncio.CancelledError):
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+
+    async def _settle(self, running: RunningOperation, interrupted: BaseException | None) -> None:
+        try:
+            await self._exit.aclose()  # frees the executor slot
+            if isinstance(interrupted, HandedOff):
+                return  # another process writes the outcome
+            response = self._captured_response() if interrupted is None else None
+            await self.server.record_outcome(running, response, interrupted)
+        finally:
+            self.server.untrack(running)
+
+    def _captured_response(self) -> StoredResponse:
+        if self._captured_status is None or not self._captured_complete:
+            return replies.stored_problem(
+                500,
+                "The operation failed",
+                "The endpoint ended without a complete response.",
+                kind="operation-failed",
+            )
+        if self._captured_size > self.server.max_response_size:
+            return replies.stored_problem(
+                500,
+                "The operation's response was too large",
+                f"The response was over {self.server.max_response_size} bytes, "
+                "the most this server keeps.",
+                kind="response-too-large",
+            )
+        return StoredResponse(
+            self._captured_status, self._captured_headers, b"".join(self._captured_body)
+        )
+
+
+def _route_path(scope: Scope) -> str:
+    # Group history by route template (/items/{id}), not by concrete path.
+    route_path = getattr(scope.get("route"), "path", None)
+    return route_path if isinstance(route_path, str) else str(scope["path"])
+
+
+async def send_reply(send: Send, reply: replies.Reply, *, head: bool = False) -> None:
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
+    if not any(k == b"content-length" for k, _ in headers):
+        headers.append((b"content-length", str(len(reply.body)).encode()))
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if head else reply.body})
+
+
+# --- the API endpoints use --------------------------------------------------------
+
+
+async def defer() -> RunningOperation:
+    """Turn the current request into an operation; the rest of the endpoint is its work.
+
+    Call it after validating the input, so that bad requests still get their
+    immediate 4xx. The client is answered ``303 See Other`` (or ``202``) at
+    once; when the endpoint returns, its response becomes the operation's
+    outcome. Calling it again returns the same operation. An endpoint that
+    calls it itself is marked :func:`repoll.deferrable`.
+    """
+    request = _current_request.get()
+    if request is None:
+        msg = (
+            "defer() needs a request that repoll knows may defer: call repoll.install(app) "
+            "(or wrap the app in repoll.PollingMiddleware), and mark the endpoint with "
+            "@repoll.deferrable when it calls repoll.defer() itself"
+        )
+        raise NotDeferrableError(msg)
+    return await request.defer()
+
+
+def current_operation() -> WorkContext | None:
+    """The operation the running work belongs to, or None outside deferred work."""
+    return _current_operation.get()
+
+
+def report_progress(progress: float | None = None, message: str | None = None) -> None:
+    """Report the current operation's progress (0..1) and a message; no-op outside one."""
+    running = _current_operation.get()
+    if running is not None:
+        running.report_progress(progress, message)
+
+
+# Every deferred endpoint, by "module:qualname", for executors that run the
+# work in another process (a Celery worker imports the app, which registers).
+ENDPOINTS: dict[str, Callable[..., Any]] = {}
+
+
+def endpoint_name(endpoint: Callable[..., Any]) -> str:
+    return f"{endpoint.__module__}:{endpoint.__qualname__}"
+
+
+@overload
+def deferred(endpoint: Callable[P, Awaitable[R]], /) -> Callable[P, Awaitable[R]]: ...
+@overload
+def deferred(endpoint: Callable[P, R], /) -> Callable[P, Awaitable[R]]: ...
+@overload
+def deferred(
+    *, rerun: bool = False
+) -> Callable[[Callable[P, Any]], Callable[P, Awaitable[Any]]]: ...
+def deferred(endpoint: Callable[P, Any] | None = None, /, *, rerun: bool = False) -> Any:
+    """Make an endpoint deferred: it is validated as usual, then runs as an operation.
+
+    Works for async and sync endpoints of Starlette and FastAPI; sync ones
+    run on the executor's threads. Put it below the route decorator::
+
+        @app.post("/reports")
+        @repoll.deferred
+        async def make_report(spec: ReportSpec) -> Report: ...
+
+    ``@repoll.deferred(rerun=True)`` declares the work safe to run again: on a
+    Celery executor, a worker that dies mid-operation leaves the task to be
+    redelivered instead of failing the operation.
+    """
+    if endpoint is None:
+        return functools.partial(deferred, rerun=rerun)
+    name = endpoint_name(endpoint)
+    ENDPOINTS[name] = endpoint
+
+    async def hand_off_if_remote(running: RunningOperation, args: Any, kwargs: Any) -> None:
+        executor = running.server.executor
+        hand_off = getattr(executor, "hand_off", None)
+        if hand_off is not None:
+            request = _current_request.get()
+            route = request.scope.get("route") if request is not None else None
+            status = getattr(route, "status_code", None) or 200
+            await hand_off(running, name, endpoint, args, kwargs, status_code=status, rerun=rerun)
+            raise HandedOff
+
+    if inspect.iscoroutinefunction(endpoint):
+
+        @functools.wraps(endpoint)
+        async def run_async(*args: P.args, **kwargs: P.kwargs) -> Any:
+            running = await defer()
+            await hand_off_if_remote(running, args, kwargs)
+            return await endpoint(*args, **kwargs)
+
+        wrapper = run_async
+    else:
+
+        @functools.wraps(endpoint)
+        async def run_sync(*args: P.args, **kwargs: P.kwargs) -> Any:
+            running = await defer()
+            await hand_off_if_remote(running, args, kwargs)
+            return await running.run_sync(functools.partial(endpoint, *args, **kwargs))
+
+        wrapper = run_sync
+    setattr(cast(Any, wrapper), DEFERRED_MARK, True)
+    return wrapper
+
+
+def is_deferred(endpoint: object) -> bool:
+    return bool(getattr(endpoint, DEFERRED_MARK, False))

@@ -1,0 +1,289 @@
+"""The ASGI shell: operation URLs, deferrable requests, and everything else untouched.
+
+:class:`PollingMiddleware` sorts each HTTP request by path and method before
+doing anything else:
+
+* under ``operations_path``: a status poll, a cancellation, an event stream,
+  a CORS preflight or the browser module, answered by the server engine;
+* a request that may reach a deferrable endpoint (per the app's routes when
+  ``install`` gave them, else every request): run through
+  :class:`~repoll._deferral.DeferrableRequest`;
+* anything else: passed to the app as it came, at no cost.
+
+Every request that waits (a held poll, a start with ``Prefer: wait``, a
+cancellation waiting for the work to stop, an event stream) watches its
+client, and stops waiting the moment the client leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import importlib.resources
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ._errors import require
+
+require("starlette", "server")
+
+from . import _replies as replies
+from ._deferral import (
+    ASGIApp,
+    DeferrableRequest,
+    DeferralAborted,
+    Message,
+    Receive,
+    RunningOperation,
+    Scope,
+    Send,
+    send_reply,
+)
+from ._errors import StoreUnavailable
+from ._headers import PREFER, Preferences, parse_prefer
+from ._routes import ALWAYS, MAYBE, NEVER, RouteTable
+from ._server import PollingServer, first_header, header_values, until_disconnect
+
+logger = logging.getLogger("repoll")
+
+CLIENT_MODULE = "client.js"
+# Event streams re-read the record this often for progress; ends arrive at once.
+_STREAM_REFRESH = 0.5
+
+
+@functools.cache
+def _client_module_reply() -> replies.Reply:
+    source = importlib.resources.files("repoll").joinpath("static/repoll.js").read_bytes()
+    return replies.Reply(
+        200,
+        [("content-type", "text/javascript; charset=utf-8"), ("cache-control", "max-age=3600")],
+        source,
+    )
+
+
+@contextlib.asynccontextmanager
+async def _watching(receive: Receive) -> Any:
+    """A task that completes when the client disconnects; cancelled on exit."""
+    watcher = asyncio.get_running_loop().create_task(until_disconnect(receive))
+    try:
+        yield watcher
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
+def _preferences(scope: Scope) -> Preferences:
+    return parse_prefer(header_values(scope, PREFER.encode()))
+
+
+class PollingMiddleware:
+    """ASGI middleware that makes endpoints deferrable and serves operation URLs.
+
+    ``PollingMiddleware(app, server=PollingServer(...))``, or pass the
+    :class:`PollingServer` options as keyword arguments. ``routes`` is an
+    app with Starlette routes (``repoll.install`` passes the app itself):
+    only requests that match a deferrable route go through the deferral
+    machinery. Without it, every request may defer.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        server: PollingServer | None = None,
+        *,
+        routes: Any = None,
+        **options: Any,
+    ) -> None:
+        if server is not None and options:
+            msg = "pass either server= or PollingServer options, not both"
+            raise TypeError(msg)
+        self.app = app
+        self.server = server or PollingServer(**options)
+        self._prefix = self.server.operations_path + "/"
+        self._kind: Callable[[Scope], int] = (
+            RouteTable(routes) if routes is not None else lambda _: MAYBE
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        if kind != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        if path.startswith(self._prefix):
+            operation_id = path[len(self._prefix) :]
+        else:
+            deferral = self._kind(scope)
+            if deferral == NEVER:
+                await self.app(scope, receive, send)
+                return
+            operation_id = None
+        try:
+            await self.server.open()
+        except StoreUnavailable:
+            logger.warning("store unavailable while opening", exc_info=True)
+            await send_reply(send, replies.store_unavailable())
+            return
+        if operation_id is not None:
+            await self._operation(scope, receive, send, operation_id)
+        else:
+            await self._request(scope, receive, send, always=deferral == ALWAYS)
+
+    # --- operation URLs -------------------------------------------------------------
+
+    async def _operation(
+        self, scope: Scope, receive: Receive, send: Send, operation_id: str
+    ) -> None:
+        server = self.server
+        method = scope["method"]
+        if method == "OPTIONS":
+            origin = first_header(scope, b"origin")
+            await send_reply(send, replies.preflight(origin, server.cors_origins))
+            return
+        if operation_id == CLIENT_MODULE and method in {"GET", "HEAD"}:
+            await send_reply(send, _client_module_reply(), head=method == "HEAD")
+            return
+        try:
+            if method == "GET" and "text/event-stream" in first_header(scope, b"accept"):
+                await self._stream(scope, receive, send, operation_id)
+                return
+            if method == "DELETE":
+                reply = await server.cancel_reply(scope, operation_id, receive)
+            elif method in {"GET", "HEAD"}:
+                reply = await server.status_reply(scope, operation_id, _preferences(scope), receive)
+            else:
+                reply = replies.method_not_allowed()
+        except StoreUnavailable:
+            logger.warning("store unavailable", exc_info=True)
+            reply = replies.store_unavailable()
+        await send_reply(send, reply, head=method == "HEAD")
+
+    async def _stream(self, scope: Scope, receive: Receive, send: Send, operation_id: str) -> None:
+        """``Accept: text/event-stream``: status events until the outcome, then the end."""
+        server = self.server
+        origin = first_header(scope, b"origin")
+        cors = replies.cors_headers(origin, server.cors_origins)
+        op = await server.visible(scope, operation_id)
+        if op is None:
+            reply = replies.with_cors(replies.not_found(), origin, server.cors_origins)
+            await send_reply(send, reply)
+            return
+        headers = [
+            (b"content-type", b"text/event-stream"),
+            (b"cache-control", b"no-store"),
+            (b"x-accel-buffering", b"no"),
+            *((k.encode(), v.encode()) for k, v in cors),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        if not server.admission.try_hold():
+            # At the limit of held requests: the current status, and a hint
+            # for the browser's EventSource to come back later.
+            retry_ms = round(server.interval_for(op, time.time()) * 1000)
+            await _send_event(send, op, retry_ms=retry_ms)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        try:
+            async with _watching(receive) as gone:
+                await self._stream_until_end(send, op, gone)
+        finally:
+            server.admission.release_hold()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _stream_until_end(self, send: Send, op: Any, gone: asyncio.Future[Any]) -> None:
+        last: tuple[Any, ...] | None = None
+        deadline = time.monotonic() + self.server.retention
+        while op is not None and not gone.done() and time.monotonic() < deadline:
+            seen = (op.status, op.progress, op.message)
+            if seen != last:
+                last = seen
+                await _send_event(send, op)
+            if op.status.is_terminal:
+                return
+            op = await self.server.hold(op.id, _STREAM_REFRESH, gone=gone, counted=False)
+
+    # --- deferrable requests ----------------------------------------------------------
+
+    async def _request(self, scope: Scope, receive: Receive, send: Send, *, always: bool) -> None:
+        server = self.server
+        if always:
+            length = first_header(scope, b"content-length")
+            declared = int(length) if length.isascii() and length.isdigit() else 0
+            if len(length) > 18 or declared > server.max_body_size:
+                await send_reply(send, replies.body_too_large(server.max_body_size))
+                return
+        preferences = _preferences(scope)
+        request = DeferrableRequest(server, scope, receive, send, preferences, always_defers=always)
+        child = asyncio.get_running_loop().create_task(request.run_app(self.app))
+        child.add_done_callback(request.child_done)
+        try:
+            running = await request.decided
+        except asyncio.CancelledError:
+            if request.running is None:
+                child.cancel()
+            raise
+        if running is None:
+            try:
+                child.result()
+            except DeferralAborted as aborted:
+                if not request.refused:
+                    await send_reply(send, aborted.reply)
+            except Exception:
+                if not request.refused:
+                    raise
+                # The app failed on the body it was refused; the client has its 413.
+            return
+        server.executor.track(running.id, child)
+        await self._answer_start(scope, receive, send, running, preferences)
+
+    async def _answer_start(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        running: RunningOperation,
+        preferences: Preferences,
+    ) -> None:
+        server = self.server
+        wait = min(preferences.wait or 0.0, server.pacing.max_hold)
+        if wait <= 0 and not running.work_done:
+            # The record this process just wrote is the freshest there is.
+            op = running.record
+        else:
+            # The app has read the whole body; the client's receive channel
+            # is ours to watch.
+            op = await server.hold(running.id, wait, receive=receive) or running.record
+        origin = first_header(scope, b"origin")
+        await send_reply(send, server.answer(scope, op, preferences, origin, running.url))
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def receive_hooked() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.server.open()
+            elif message["type"] == "lifespan.shutdown":
+                await self.server.close()
+            return message
+
+        await self.app(scope, receive_hooked, send)
+
+
+async def _send_event(send: Send, op: Any, *, retry_ms: int | None = None) -> None:
+    event = "outcome" if op.status.is_terminal else "status"
+    document = op.status_document()
+    if op.response is not None:
+        document["response_status"] = op.response.status
+    body = replies.sse_event(event, json.dumps(document, separators=(",", ":")).encode())
+    if retry_ms is not None:
+        body = f"retry: {retry_ms}\n".encode() + body
+    await send({"type": "http.response.body", "body": body, "more_body": True})
