@@ -54,9 +54,13 @@ def main() -> None:
         (RESULTS / "distributed.json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
 
     if "throughput" in chosen:
-        seconds = 1.0 if args.smoke else 5.0
-        print(f"\nthroughput: one server process, {seconds:g} s per measurement", flush=True)
-        rows = throughput.run(seconds)
+        seconds, rounds = (0.5, 2) if args.smoke else (1.5, 7)
+        print(
+            f"\nthroughput: one server process per app, {rounds} rounds of "
+            f"{seconds:g} s per path (medians)",
+            flush=True,
+        )
+        rows = throughput.run(seconds, rounds)
         print(table(rows, throughput.COLUMNS), flush=True)
         (RESULTS / "throughput.json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
 

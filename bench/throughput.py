@@ -1,25 +1,35 @@
 """Requests per second of one server process: repoll's paths against a plain endpoint.
 
-Each measurement: a fresh server process, a warm-up, then the load generator
-(its own process) for a fixed time. The plain Starlette JSON endpoint and the
-repoll paths are measured in the same run, and reported as ratios.
+Three server processes run side by side: a plain Starlette app (the
+baseline), and the same app with repoll installed on the memory store and on
+the default SQLite store. The load generator (its own process, raw sockets,
+32 keep-alive connections) then measures every path in short slices, round
+after round, in the same order. Each round's ratios are taken against that
+round's own baseline slice, and the table reports the median over rounds:
+on a shared 2-core machine whose speed drifts by tens of percent within a
+minute, only measurements seconds apart compare fairly.
+
+The server's CPU time per request (from /proc) is reported beside: it does
+not depend on how busy the rest of the machine was.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
+from contextlib import ExitStack
 
 import httpx
 
-from ._common import ROOT, server_process
+from ._common import ROOT, cpu_seconds, server_process
+
+CONNECTIONS = 32
 
 
-def _load(
-    url: str, method: str, path: str, seconds: float, connections: int, *headers: str
-) -> float:
+def _load(url: str, method: str, path: str, seconds: float, *headers: str) -> float:
     out = subprocess.run(
         [
             sys.executable,
@@ -29,7 +39,7 @@ def _load(
             method,
             path,
             str(seconds),
-            str(connections),
+            str(CONNECTIONS),
             *headers,
         ],
         cwd=ROOT,
@@ -38,7 +48,7 @@ def _load(
         check=True,
     )
     result = json.loads(out.stdout)
-    return result["requests"] / result["seconds"]
+    return float(result["requests"]) / float(result["seconds"])
 
 
 def _finished_operation(url: str) -> str:
@@ -47,45 +57,61 @@ def _finished_operation(url: str) -> str:
     return response.headers["content-location"]
 
 
-def run(seconds: float, connections: int = 32) -> list[dict[str, object]]:
-    rows = []
-    with server_process(["bench.apps:plain_app", "--factory"]) as (url, _):
-        _load(url, "GET", "/plain", min(1.0, seconds), connections)  # warm-up
-        baseline = _load(url, "GET", "/plain", seconds, connections)
-    rows.append(
-        {"store": "-", "path": "plain Starlette JSON endpoint", "rps": baseline, "ratio": 1.0}
-    )
-    for store_name in ("memory", "sqlite"):
-        with tempfile.TemporaryDirectory() as tmp:
-            store = "memory://" if store_name == "memory" else f"sqlite:///{tmp}/ops.sqlite3"
-            with server_process(
-                ["bench.apps:repoll_app", "--factory"], env={"REPOLL_STORE": store}
-            ) as (url, _):
-                operation = _finished_operation(url)
-                _load(url, "GET", operation, min(1.0, seconds), connections, "Prefer: wait=0")
-                status = _load(url, "GET", operation, seconds, connections, "Prefer: wait=0")
-                plain_here = _load(url, "GET", "/plain", seconds, connections)
-                starts = _load(url, "POST", "/start", seconds, connections)
-        rows += [
-            {
-                "store": store_name,
-                "path": "status GET (final replay)",
-                "rps": status,
-                "ratio": status / baseline,
-            },
-            {
-                "store": store_name,
-                "path": "plain endpoint behind the middleware",
-                "rps": plain_here,
-                "ratio": plain_here / baseline,
-            },
-            {
-                "store": store_name,
-                "path": "start (POST, 303)",
-                "rps": starts,
-                "ratio": starts / baseline,
-            },
+def run(seconds: float, rounds: int = 7) -> list[dict[str, object]]:
+    """``rounds`` rounds of every path, each measured for ``seconds``."""
+    with ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
+        plain_url, plain_pid = stack.enter_context(
+            server_process(["bench.apps:plain_app", "--factory"])
+        )
+        # (store, path, method, label, url, pid, headers)
+        paths: list[tuple[str, str, str, str, str, int, tuple[str, ...]]] = [
+            ("-", "/plain", "GET", "plain Starlette JSON endpoint", plain_url, plain_pid, ())
         ]
+        for store_name, store in (("memory", "memory://"), ("sqlite", f"sqlite:///{tmp}/ops.db")):
+            url, pid = stack.enter_context(
+                server_process(["bench.apps:repoll_app", "--factory"], env={"REPOLL_STORE": store})
+            )
+            operation = _finished_operation(url)
+            paths += [
+                (store_name, "/plain", "GET", "plain endpoint behind the middleware", url, pid, ()),
+                (
+                    store_name,
+                    operation,
+                    "GET",
+                    "status GET (final replay)",
+                    url,
+                    pid,
+                    ("Prefer: wait=0",),
+                ),
+                (store_name, "/start", "POST", "start (POST, 303)", url, pid, ()),
+            ]
+        for _, path, method, _, url, _, headers in paths:  # warm-up
+            _load(url, method, path, min(1.0, seconds), *headers)
+        rps: list[list[float]] = [[] for _ in paths]
+        cpu: list[list[float]] = [[] for _ in paths]
+        for _ in range(rounds):
+            for index, (_, path, method, _, url, pid, headers) in enumerate(paths):
+                before = cpu_seconds(pid)
+                rate = _load(url, method, path, seconds, *headers)
+                used = cpu_seconds(pid) - before
+                rps[index].append(rate)
+                cpu[index].append(used / (rate * seconds) * 1e6 if rate else float("nan"))
+    rows = []
+    for index, (store_name, _, _, label, _, _, _) in enumerate(paths):
+        ratios = [mine / base for mine, base in zip(rps[index], rps[0], strict=True)]
+        rows.append(
+            {
+                "store": store_name,
+                "path": label,
+                "rps": statistics.median(rps[index]),
+                "ratio": statistics.median(ratios),
+                "ratio_min": min(ratios),
+                "ratio_max": max(ratios),
+                "cpu_us": statistics.median(cpu[index]),
+                "cpu_ratio": statistics.median(cpu[0]) / statistics.median(cpu[index]),
+            }
+        )
     return rows
 
 
@@ -94,4 +120,8 @@ COLUMNS = [
     ("path", "path", ""),
     ("rps", "req/s", ".0f"),
     ("ratio", "x plain", ".2f"),
+    ("ratio_min", "min", ".2f"),
+    ("ratio_max", "max", ".2f"),
+    ("cpu_us", "CPU us/req", ".0f"),
+    ("cpu_ratio", "x plain (CPU)", ".2f"),
 ]

@@ -126,3 +126,7 @@ def postgres_url():
     yield f"{POSTGRES_URL}{separator}options=-c%20search_path%3D{schema}"
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+# Backends under a test's control (a failing TCP relay, a throwaway Redis).
+from tests.services import proxy_factory, redis_server  # noqa: E402, F401

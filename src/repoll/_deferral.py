@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from contextlib import AsyncExitStack
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast, overload
 
 from . import _replies as replies
@@ -211,7 +211,7 @@ class DeferrableRequest:
             asyncio.get_running_loop().create_future()
         )
         self.running: RunningOperation | None = None
-        self._exit = AsyncExitStack()
+        self._slot: AbstractAsyncContextManager[None] | None = None  # an executor slot held
         self._captured_status: int | None = None
         self._captured_headers: tuple[tuple[str, str], ...] = ()
         self._captured_body: list[bytes] = []
@@ -309,7 +309,7 @@ class DeferrableRequest:
         try:
             op = await self._create(principal, key_digest, request_digest)
         except BaseException:
-            await self._exit.aclose()  # the slot, if one was taken
+            await self._release_slot()
             server.admission.release(quota)
             raise
         running = RunningOperation(server, op, server.operation_url(self.scope, op.id), quota)
@@ -322,7 +322,7 @@ class DeferrableRequest:
         # rest of the endpoint is the operation's work.
         if op.status is OperationStatus.QUEUED and not hasattr(server.executor, "hand_off"):
             # (A remote executor's worker starts the operation itself.)
-            await self._exit.enter_async_context(server.executor.slot(op.id))
+            await self._take_slot(op.id)
             if running.cancel_requested:
                 raise asyncio.CancelledError
             if await server.transition(op.id, Event.START) is None:
@@ -330,6 +330,16 @@ class DeferrableRequest:
                 running._cancel = True
                 raise asyncio.CancelledError
         return running
+
+    async def _take_slot(self, operation_id: str) -> None:
+        slot = self.server.executor.slot(operation_id)
+        await slot.__aenter__()
+        self._slot = slot
+
+    async def _release_slot(self) -> None:
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            await slot.__aexit__(None, None, None)
 
     async def _create(
         self, principal: str, key_digest: str | None, request_digest: str | None
@@ -339,7 +349,7 @@ class DeferrableRequest:
         immediate = server.executor.has_free_slot()
         op_id = new_operation_id()
         if immediate:
-            await self._exit.enter_async_context(server.executor.slot(op_id))
+            await self._take_slot(op_id)
         now = time.time()
         op = Operation(
             id=op_id,
@@ -429,7 +439,7 @@ class DeferrableRequest:
 
     async def _settle(self, running: RunningOperation, interrupted: BaseException | None) -> None:
         try:
-            await self._exit.aclose()  # frees the executor slot
+            await self._release_slot()
             if isinstance(interrupted, HandedOff):
                 return  # another process writes the outcome
             response = self._captured_response() if interrupted is None else None

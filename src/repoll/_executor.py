@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol, TypeVar, runtime_checkable
 
 T = TypeVar("T")
@@ -44,6 +44,29 @@ class Executor(Protocol):
         """Let work finish for ``grace`` seconds, cancel the rest; return their ids."""
 
 
+class _Slot:
+    """One executor slot, held for an ``async with`` (a class: it is on every start)."""
+
+    __slots__ = ("_executor", "_semaphore")
+
+    def __init__(self, executor: InProcessExecutor, semaphore: asyncio.Semaphore) -> None:
+        self._executor = executor
+        self._semaphore = semaphore
+
+    async def __aenter__(self) -> None:
+        if not self._semaphore.locked():  # free: no await, no queueing
+            await self._semaphore.acquire()
+            return
+        self._executor._waiting += 1
+        try:
+            await self._semaphore.acquire()
+        finally:
+            self._executor._waiting -= 1
+
+    async def __aexit__(self, *_: object) -> None:
+        self._semaphore.release()
+
+
 class InProcessExecutor:
     """Runs operations as asyncio tasks in this process, at most ``concurrency`` at once.
 
@@ -76,19 +99,10 @@ class InProcessExecutor:
     def has_free_slot(self) -> bool:
         return self._semaphore is None or not self._semaphore.locked()
 
-    @asynccontextmanager
-    async def slot(self, operation_id: str) -> AsyncIterator[None]:
+    def slot(self, operation_id: str) -> AbstractAsyncContextManager[None]:
         if self._semaphore is None:
             self._semaphore = asyncio.Semaphore(self._concurrency)
-        self._waiting += 1
-        try:
-            await self._semaphore.acquire()
-        finally:
-            self._waiting -= 1
-        try:
-            yield
-        finally:
-            self._semaphore.release()
+        return _Slot(self, self._semaphore)
 
     async def run_sync(self, fn: Callable[[], T]) -> T:
         if self._threads is None:

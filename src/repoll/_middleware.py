@@ -256,8 +256,9 @@ class PollingMiddleware:
     ) -> None:
         server = self.server
         wait = min(preferences.wait or 0.0, server.pacing.max_hold)
-        if wait <= 0 and not running.work_done:
-            # The record this process just wrote is the freshest there is.
+        if wait <= 0:
+            # The record this process last wrote is the freshest there is: the
+            # outcome itself if the work has ended and it is written already.
             op = running.record
         else:
             # The app has read the whole body; the client's receive channel

@@ -216,6 +216,7 @@ class PollingServer:
         self.closing = False
         self._open_lock: asyncio.Lock | None = None
         self._last_purge = 0.0
+        self._healthy_since: float | None = None  # heartbeating without a break since
 
     # The limits, as they were named before admission had its own object.
     @property
@@ -252,8 +253,10 @@ class PollingServer:
                 self.closing = False
                 if self.store.shared:
                     await self.store.heartbeat(self.instance_id, ttl=self.owner_ttl)
+                    self._healthy_since = time.monotonic()
                     await self.store.subscribe(self._on_store_event)
-                    await self._reap()
+                    if self._may_reap():
+                        await self._reap()
                 else:
                     # This process is the store's only user: whatever is
                     # unfinished was left by its previous life.
@@ -303,6 +306,10 @@ class PollingServer:
             if running is not None:
                 running.request_cancel()
         elif kind == "resync":
+            # The store was out of reach: so may other processes have been,
+            # and their heartbeats with them. Trust its view of who is alive
+            # only after a full owner_ttl of this process's own heartbeats.
+            self._healthy_since = time.monotonic()
             self._spawn(self._resync())
 
     async def _resync(self) -> None:
@@ -326,12 +333,33 @@ class PollingServer:
             try:
                 if self.store.shared:
                     await self.store.heartbeat(self.instance_id, ttl=self.owner_ttl)
-                    await self._reap()
+                    if self._healthy_since is None:
+                        self._healthy_since = time.monotonic()
+                    if self._may_reap():
+                        await self._reap()
                 await self._maybe_purge()
             except StoreUnavailable:
+                self._healthy_since = None
                 logger.warning("store unavailable during maintenance", exc_info=True)
             except Exception:
                 logger.exception("maintenance failed")
+
+    def _may_reap(self) -> bool:
+        """Whether the store's list of live owners can be believed now.
+
+        Heartbeats expire while the store is out of reach, for every process
+        at once. Right after an outage, a process that reaped at once would
+        take every other live process for dead and fail its work. So a
+        process reaps only once it has itself heartbeated without a break
+        for ``owner_ttl`` seconds, which every live process's heartbeat
+        interval fits into. A store whose liveness does not expire (SQLite's
+        lock files: the kernel drops them the moment a process dies) needs no
+        such wait.
+        """
+        if getattr(self.store, "exact_liveness", False):
+            return True
+        healthy = self._healthy_since
+        return healthy is not None and time.monotonic() - healthy >= self.owner_ttl
 
     async def reap(self) -> int:
         """Declare lost the unfinished operations of owners that stopped; returns how many."""

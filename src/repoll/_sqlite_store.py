@@ -291,18 +291,24 @@ class _Watcher:
         version = connection.execute("PRAGMA data_version").fetchone()[0]
         if version == self._version and not force:
             return []
-        rows = connection.execute(
-            "SELECT seq, origin, kind, operation_id FROM repoll_events WHERE seq > ? ORDER BY seq",
-            (self._last_seq,),
-        ).fetchall()
+        # This store's own events move data_version too (its writer has
+        # another connection): they are skipped in SQL, not fetched.
+        first, last = connection.execute(
+            "SELECT min(seq), max(seq) FROM repoll_events WHERE seq > ?", (self._last_seq,)
+        ).fetchone()
         self._version = version
-        if not rows:
+        if first is None:
             return []
+        rows = connection.execute(
+            "SELECT kind, operation_id FROM repoll_events "
+            "WHERE seq > ? AND seq <= ? AND origin != ? ORDER BY seq",
+            (self._last_seq, last, self._origin),
+        ).fetchall()
         # Sequence numbers have no gaps but those left by sweeping: events
         # this watcher never read (a process stopped or starved for a minute).
-        missed = rows[0][0] > self._last_seq + 1
-        self._last_seq = rows[-1][0]
-        batch = [(kind, op_id) for _, origin, kind, op_id in rows if origin != self._origin]
+        missed = first > self._last_seq + 1
+        self._last_seq = last
+        batch: list[tuple[str, str]] = [(kind, op_id) for kind, op_id in rows]
         return [*batch, ("resync", "")] if missed else batch
 
     def _disconnect(self) -> None:
@@ -348,6 +354,8 @@ class SQLiteStore:
     ) -> None:
         self.path = str(path)
         self.shared = self.path not in {"", ":memory:"}
+        # Liveness is a lock the kernel drops when a process dies: never stale.
+        self.exact_liveness = self.shared
         self._timeout = timeout
         # Terminal records never change again (only expiry drops them), so the
         # most recent ones are served from memory: replays cost no thread hop.

@@ -28,6 +28,10 @@ class Store(Protocol):
     declares every unfinished operation lost. A shared store relies on owner
     heartbeats instead, and wakes held polls on every instance through
     :meth:`subscribe`.
+
+    A store may also set ``exact_liveness = True`` when :meth:`live_owners`
+    can never call a live process dead (SQLite's lock files); otherwise the
+    server waits out ``owner_ttl`` of its own heartbeats before believing it.
     """
 
     shared: bool
