@@ -54,9 +54,7 @@ class RewritingProxy:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        server = self._loop.run_until_complete(
-            asyncio.start_server(self._handle, "127.0.0.1", 0)
-        )
+        server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
         port = server.sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{port}{self.prefix}"
         self._ready.set()
@@ -153,7 +151,7 @@ def test_requests_httpx_and_urllib_follow_through_the_proxy(proxy):
         data=json.dumps(JOB).encode(),
         headers={"Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(request, timeout=60) as answer:  # noqa: S310 - loopback
+    with urllib.request.urlopen(request, timeout=60) as answer:
         assert json.loads(answer.read())["result"] == "done"
 
 

@@ -17,10 +17,10 @@ import uuid
 import httpx
 import pytest
 from fastapi import FastAPI
+from tests.services import with_port, with_query
 
 import repoll
 from repoll import PacingPolicy
-from tests.services import with_port, with_query
 
 pytestmark = pytest.mark.anyio
 FAST = PacingPolicy(min_interval=0.05, default_interval=0.1, min_hold=0.2, max_hold=10)
