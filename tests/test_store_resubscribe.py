@@ -409,7 +409,7 @@ async def test_postgres_close_while_reconnecting_is_prompt_and_leaves_nothing(
     with caplog.at_level(logging.WARNING):
         await store.subscribe(Recorder())
         await proxy.stop()
-        await wait_until(lambda: "LISTEN connection lost" in caplog.text)
+        await wait_until(lambda: "subscription lost" in caplog.text)
         await asyncio.sleep(0.3)  # well into the pauses between attempts
         started = time.monotonic()
         await store.close()

@@ -38,6 +38,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout  # noqa: E402
 
 from ._errors import DuplicateOperation, StoreUnavailable  # noqa: E402
 from ._model import Operation, decode_row, encode_row  # noqa: E402
+from ._resubscribe import Resubscriber, deliver  # noqa: E402
 
 logger = logging.getLogger("repoll")
 
@@ -69,24 +70,6 @@ _SCHEMA = (
 _UNAVAILABLE = (psycopg.OperationalError, PoolTimeout, OSError)
 # Whatever ends the LISTEN connection (TimeoutError: it stopped answering).
 _DROPS = (psycopg.Error, OSError)
-
-# Pauses between attempts to listen again: short at first, so that a killed
-# connection costs almost nothing, and capped, so that listening resumes
-# within a couple of seconds of the server.
-_FIRST_PAUSE = 0.05
-_MAX_PAUSE = 2.0
-# A connection that held this long was a recovery, not a flap: the pauses
-# start short again.
-_STEADY = 10.0
-
-
-def _deliver(on_event: Callable[[str, str], None], kind: str, operation_id: str) -> None:
-    # A subscriber's bug must not end the subscription: every later event
-    # would be lost without a trace.
-    try:
-        on_event(kind, operation_id)
-    except Exception:
-        logger.exception("store event handler failed on %s %r", kind, operation_id)
 
 
 def _sever(conn: psycopg.AsyncConnection[Any], severed: list[bool]) -> None:
@@ -269,7 +252,7 @@ class PostgresStore:
         except _DROPS as exc:
             raise self._unavailable(exc) from exc
         task = asyncio.get_running_loop().create_task(
-            self._supervise(conn, on_event), name="repoll-postgres-listener"
+            self._keep(conn, on_event), name="repoll-postgres-listener"
         )
         self._listeners.append(task)
 
@@ -299,7 +282,7 @@ class PostgresStore:
             async with contextlib.aclosing(conn.notifies(timeout=self._health_interval)) as gen:
                 async for notice in gen:
                     kind = "cancel" if notice.channel == _CANCEL_CHANNEL else "finished"
-                    _deliver(on_event, kind, notice.payload)
+                    deliver(on_event, kind, notice.payload)
             # A half-open connection (peer gone without a reset) just stays
             # quiet; only a query left unanswered gives it away.
             severed: list[bool] = []
@@ -314,46 +297,23 @@ class PostgresStore:
             finally:
                 timer.cancel()
 
-    async def _supervise(
+    async def _keep(
         self, conn: psycopg.AsyncConnection[Any], on_event: Callable[[str, str], None]
     ) -> None:
         """Keep listening until close(), whatever happens to the server."""
-        loop = asyncio.get_running_loop()
-        pause = _FIRST_PAUSE
-        while True:
-            began = loop.time()
-            try:
-                await self._pump(conn, on_event)
-            except _DROPS as exc:
-                logger.warning("PostgreSQL store: LISTEN connection lost (%s); reconnecting", exc)
-            except Exception:
-                logger.exception("PostgreSQL store: listener failed; reconnecting")
-            finally:
-                with contextlib.suppress(*_DROPS):
-                    await conn.close()
-            if loop.time() - began >= _STEADY:
-                pause = _FIRST_PAUSE
-            conn, pause = await self._relisten(pause)
-            _deliver(on_event, "resync", "")
 
-    async def _relisten(self, pause: float) -> tuple[psycopg.AsyncConnection[Any], float]:
-        lost = asyncio.get_running_loop().time()
-        attempts = 0
-        while True:
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, _MAX_PAUSE)
-            attempts += 1
-            try:
-                conn = await self._listen()
-            except _DROPS as exc:
-                logger.debug("PostgreSQL store: listening failed: %s", exc)
-                continue
-            logger.warning(
-                "PostgreSQL store: listening again after %.1f s (%d attempts); resyncing",
-                asyncio.get_running_loop().time() - lost,
-                attempts,
-            )
-            return conn, pause
+        async def close(connection: psycopg.AsyncConnection[Any]) -> None:
+            await connection.close()
+
+        keeper: Resubscriber[psycopg.AsyncConnection[Any]] = Resubscriber(
+            where="PostgreSQL store (LISTEN connection)",
+            listen=self._listen,
+            pump=lambda connection: self._pump(connection, on_event),
+            close=close,
+            drops=_DROPS,
+            on_event=on_event,
+        )
+        await keeper.run(conn)
 
     async def announce_cancel(self, operation_id: str) -> None:
         await self._fetchone("SELECT pg_notify(%s, %s)", (_CANCEL_CHANNEL, operation_id))

@@ -49,6 +49,7 @@ from redis.exceptions import RedisError, TimeoutError  # noqa: E402
 
 from ._errors import DuplicateOperation, StoreUnavailable  # noqa: E402
 from ._model import Operation, decode_row, encode_row  # noqa: E402
+from ._resubscribe import Resubscriber, deliver  # noqa: E402
 
 logger = logging.getLogger("repoll")
 
@@ -125,16 +126,6 @@ _UNAVAILABLE = (RedisConnectionError, TimeoutError, OSError)
 # server that answers LOADING or refuses a command after a restart.
 _DROPS = (RedisError, OSError)
 
-# Pauses between attempts to subscribe again: short at first, so that a
-# killed connection costs almost nothing, and capped, so that the
-# subscription comes back within a couple of seconds of the server.
-_FIRST_PAUSE = 0.05
-_MAX_PAUSE = 2.0
-# A connection that held this long was a recovery, not a flap: the pauses
-# start short again. (A server that accepts and then drops every connection
-# would otherwise be hammered 20 times a second.)
-_STEADY = 10.0
-
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -147,15 +138,6 @@ def _redacted(url: str) -> str:
         return url
     host = parts.netloc.rpartition("@")[2]
     return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
-
-
-def _deliver(on_event: Callable[[str, str], None], kind: str, operation_id: str) -> None:
-    # A subscriber's bug must not end the subscription: every later event
-    # would be lost without a trace.
-    try:
-        on_event(kind, operation_id)
-    except Exception:
-        logger.exception("store event handler failed on %s %r", kind, operation_id)
 
 
 async def _close_quietly(pubsub: PubSub) -> None:
@@ -347,7 +329,7 @@ class RedisStore:
             msg = f"{self._where}: {exc}"
             raise StoreUnavailable(msg) from exc
         task = asyncio.get_running_loop().create_task(
-            self._supervise(client, pubsub, on_event), name=f"repoll-redis-listener {self.prefix}"
+            self._keep(client, pubsub, on_event), name=f"repoll-redis-listener {self.prefix}"
         )
         self._listeners.append(task)
 
@@ -381,7 +363,7 @@ class RedisStore:
     def _dispatch(self, on_event: Callable[[str, str], None], message: Any) -> None:
         if message is not None and message["type"] == "message":
             kind = "cancel" if _text(message["channel"]) == self._key("cancel") else "finished"
-            _deliver(on_event, kind, _text(message["data"]))
+            deliver(on_event, kind, _text(message["data"]))
 
     async def _pump(self, pubsub: PubSub, on_event: Callable[[str, str], None]) -> None:
         """Deliver events until the connection fails or stops answering."""
@@ -402,51 +384,22 @@ class RedisStore:
             else:
                 await pubsub.ping()
 
-    async def _supervise(
+    async def _keep(
         self, client: aioredis.Redis, pubsub: PubSub, on_event: Callable[[str, str], None]
     ) -> None:
         """Keep the subscription until close(), whatever happens to the server."""
-        loop = asyncio.get_running_loop()
-        pause = _FIRST_PAUSE
+        keeper: Resubscriber[PubSub] = Resubscriber(
+            where=self._where,
+            listen=lambda: self._listen(client, on_event),
+            pump=lambda connection: self._pump(connection, on_event),
+            close=_close_quietly,
+            drops=_DROPS,
+            on_event=on_event,
+        )
         try:
-            while True:
-                began = loop.time()
-                try:
-                    await self._pump(pubsub, on_event)
-                except _DROPS as exc:
-                    logger.warning("%s: subscription lost (%s); reconnecting", self._where, exc)
-                except Exception:
-                    logger.exception("%s: subscription failed; reconnecting", self._where)
-                finally:
-                    await _close_quietly(pubsub)
-                if loop.time() - began >= _STEADY:
-                    pause = _FIRST_PAUSE
-                pubsub, pause = await self._resubscribe(client, on_event, pause)
-                _deliver(on_event, "resync", "")
+            await keeper.run(pubsub)
         finally:
             await client.aclose()
-
-    async def _resubscribe(
-        self, client: aioredis.Redis, on_event: Callable[[str, str], None], pause: float
-    ) -> tuple[PubSub, float]:
-        lost = asyncio.get_running_loop().time()
-        attempts = 0
-        while True:
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, _MAX_PAUSE)
-            attempts += 1
-            try:
-                pubsub = await self._listen(client, on_event)
-            except _DROPS as exc:
-                logger.debug("%s: subscribing failed: %s", self._where, exc)
-                continue
-            logger.warning(
-                "%s: subscribed again after %.1f s (%d attempts); resyncing",
-                self._where,
-                asyncio.get_running_loop().time() - lost,
-                attempts,
-            )
-            return pubsub, pause
 
     async def announce_cancel(self, operation_id: str) -> None:
         try:

@@ -217,6 +217,9 @@ class PollingServer:
         self._open_lock: asyncio.Lock | None = None
         self._last_purge = 0.0
         self._healthy_since: float | None = None  # heartbeating without a break since
+        # Set when the store answers again after failing: outcomes waiting to
+        # be written try at once instead of waiting out their pause.
+        self._store_back: asyncio.Event | None = None
 
     # The limits, as they were named before admission had its own object.
     @property
@@ -310,7 +313,12 @@ class PollingServer:
             # and their heartbeats with them. Trust its view of who is alive
             # only after a full owner_ttl of this process's own heartbeats.
             self._healthy_since = time.monotonic()
+            self._store_answers()
             self._spawn(self._resync())
+
+    def _store_answers(self) -> None:
+        if self._store_back is not None:
+            self._store_back.set()
 
     async def _resync(self) -> None:
         """After a lost subscription: catch up on the ends and cancellations it missed."""
@@ -335,6 +343,7 @@ class PollingServer:
                     await self.store.heartbeat(self.instance_id, ttl=self.owner_ttl)
                     if self._healthy_since is None:
                         self._healthy_since = time.monotonic()
+                        self._store_answers()
                     if self._may_reap():
                         await self._reap()
                 await self._maybe_purge()
@@ -542,6 +551,9 @@ class PollingServer:
                     logger.error("operation %s: outcome lost, store unavailable", running.id)
                     return
                 logger.warning("operation %s: store unavailable, outcome kept", running.id)
+                if self._store_back is None:
+                    self._store_back = asyncio.Event()
+                self._store_back.clear()
             except Exception:
                 if self.closing:
                     logger.exception("operation %s: outcome lost at shutdown", running.id)
@@ -552,7 +564,11 @@ class PollingServer:
                     logger.exception("operation %s: outcome refused by the store", running.id)
                     response, interrupted, replaced = replies.unstorable_response(), None, True
                     continue
-            await asyncio.sleep(pause)
+            if self._store_back is None:
+                await asyncio.sleep(pause)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._store_back.wait(), pause)
             pause = min(pause * 2, _OUTCOME_RETRY_CAP)
 
     async def _write_outcome(

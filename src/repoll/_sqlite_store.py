@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from ._errors import DuplicateOperation, StoreUnavailable
 from ._model import Operation, decode_row, encode_row
 from ._owner_locks import OwnerLocks
+from ._sqlite_watch import Watcher
 
 T = TypeVar("T")
 logger = logging.getLogger("repoll")
@@ -67,10 +68,6 @@ _BUSY = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (primary codes)
 # behind than this resyncs anyway. Sweeping rides on a write transaction.
 _EVENT_RETENTION = 60.0
 _EVENT_SWEEP_EVERY = 30.0
-# A watcher waits on a busy database no longer than this, so close() stays
-# prompt; it simply tries again on its next poll.
-_WATCH_TIMEOUT = 1.0
-_WATCH_MAX_PAUSE = 2.0
 # Per cached record, beyond its response body: the record's own fields.
 _ENTRY_OVERHEAD = 512
 
@@ -203,135 +200,6 @@ def _answer(answers: list[tuple[_Job, Any, BaseException | None]]) -> None:
             future.set_result(value)
 
 
-_Subscriber = tuple[Callable[[str, str], None], asyncio.AbstractEventLoop]
-
-
-class _Watcher:
-    """A thread that hands other instances' events to the subscribers' event loops."""
-
-    def __init__(self, path: str, timeout: float, origin: str, interval: float) -> None:
-        self._path = path
-        self._timeout = min(timeout, _WATCH_TIMEOUT)
-        self._origin = origin
-        self._interval = interval
-        # Replaced, never mutated: the thread reads it without a lock.
-        self._subscribers: tuple[_Subscriber, ...] = ()
-        # Held until stop(): waiting on it is a timed sleep that stop() cuts
-        # short, for about two thirds of the CPU of an Event's wait.
-        self._stop = threading.Lock()
-        self._stop.acquire()
-        self._connection: sqlite3.Connection | None = None
-        self._version: int | None = None
-        self._last_seq = 0
-        self._thread: threading.Thread | None = None
-
-    def add(self, subscriber: _Subscriber) -> None:
-        self._subscribers = (*self._subscribers, subscriber)
-
-    def start(self) -> None:
-        """Blocks: connects, and starts after the newest event (no replay)."""
-        connection = self._connect()
-        try:
-            # data_version first: an event committed in between is then seen
-            # as a change and read (once) on the first poll.
-            self._version = connection.execute("PRAGMA data_version").fetchone()[0]
-            # The last number ever given, even if swept since: the next
-            # event follows it without a gap.
-            self._last_seq = connection.execute(
-                "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'repoll_events'"
-            ).fetchone()[0]
-        except BaseException:
-            connection.close()
-            raise
-        self._connection = connection
-        self._thread = threading.Thread(target=self._run, name="repoll-sqlite-watch", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.release()
-        if self._thread is not None:
-            self._thread.join()
-
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(
-            self._path, timeout=self._timeout, isolation_level=None, check_same_thread=False
-        )
-
-    def _run(self) -> None:
-        failures = 0
-        pause = self._interval
-        try:
-            while not self._stop.acquire(timeout=pause):
-                try:
-                    batch = self._poll(force=failures > 0)
-                except Exception as exc:  # whatever it is, the subscription lasts
-                    if failures == 0:
-                        logger.warning("SQLite store %s: event watcher failed: %s", self._path, exc)
-                    failures += 1
-                    self._disconnect()
-                    pause = min(self._interval * 2 ** min(failures, 8), _WATCH_MAX_PAUSE)
-                    continue
-                if failures:
-                    # Nothing is lost from the table in a short outage, but
-                    # whatever was swept meanwhile is: subscribers re-read.
-                    logger.info("SQLite store %s: event watcher recovered", self._path)
-                    if ("resync", "") not in batch:
-                        batch.append(("resync", ""))
-                    failures, pause = 0, self._interval
-                if batch:
-                    self._deliver(batch)
-        finally:
-            self._disconnect()
-
-    def _poll(self, *, force: bool) -> list[tuple[str, str]]:
-        if self._connection is None:
-            self._connection = self._connect()
-            force = True
-        connection = self._connection
-        version = connection.execute("PRAGMA data_version").fetchone()[0]
-        if version == self._version and not force:
-            return []
-        # This store's own events move data_version too (its writer has
-        # another connection): they are skipped in SQL, not fetched.
-        first, last = connection.execute(
-            "SELECT min(seq), max(seq) FROM repoll_events WHERE seq > ?", (self._last_seq,)
-        ).fetchone()
-        self._version = version
-        if first is None:
-            return []
-        rows = connection.execute(
-            "SELECT kind, operation_id FROM repoll_events "
-            "WHERE seq > ? AND seq <= ? AND origin != ? ORDER BY seq",
-            (self._last_seq, last, self._origin),
-        ).fetchall()
-        # Sequence numbers have no gaps but those left by sweeping: events
-        # this watcher never read (a process stopped or starved for a minute).
-        missed = first > self._last_seq + 1
-        self._last_seq = last
-        batch: list[tuple[str, str]] = [(kind, op_id) for kind, op_id in rows]
-        return [*batch, ("resync", "")] if missed else batch
-
-    def _disconnect(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            connection.close()
-
-    def _deliver(self, batch: list[tuple[str, str]]) -> None:
-        for on_event, loop in self._subscribers:
-            try:
-                loop.call_soon_threadsafe(_dispatch, on_event, batch)
-            except RuntimeError:  # that loop is closed: nobody left to tell
-                continue
-
-
-def _dispatch(on_event: Callable[[str, str], None], batch: list[tuple[str, str]]) -> None:
-    for kind, op_id in batch:
-        try:
-            on_event(kind, op_id)
-        except Exception:
-            logger.exception("store event handler failed on %s %s", kind, op_id)
-
-
 class SQLiteStore:
     """Operations in a SQLite file (``":memory:"`` for a private in-memory database).
 
@@ -367,7 +235,7 @@ class SQLiteStore:
         self._worker: _Worker | None = None
         self._origin = secrets.token_hex(8)
         self._watch_interval = watch_interval
-        self._watcher: _Watcher | None = None
+        self._watcher: Watcher | None = None
         self._owners = OwnerLocks(Path(f"{self.path}-owners")) if self.shared else None
         self._secret: bytes | None = None
         self._next_sweep = 0.0  # read and written on the worker thread only
@@ -501,7 +369,7 @@ class SQLiteStore:
         if self._watcher is not None:
             self._watcher.add(subscriber)
             return
-        watcher = _Watcher(self.path, self._timeout, self._origin, self._watch_interval)
+        watcher = Watcher(self.path, self._timeout, self._origin, self._watch_interval)
         watcher.add(subscriber)
         try:
             await asyncio.to_thread(watcher.start)
