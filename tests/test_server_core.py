@@ -215,3 +215,23 @@ def test_a_wildcard_cors_list_never_allows_credentials():
     listed = dict(cors_headers("https://app.example", frozenset({"*", "https://app.example"})))
     assert listed["access-control-allow-origin"] == "https://app.example"
     assert listed["access-control-allow-credentials"] == "true"
+
+
+# --- logs --------------------------------------------------------------------------
+
+
+def test_an_outage_is_logged_once_not_per_failure(caplog):
+    import logging
+
+    from repoll._outage_log import OutageLog
+
+    log = OutageLog(every=3600)
+    with caplog.at_level(logging.WARNING, logger="repoll"):
+        for _ in range(1000):
+            log.failed("a poll", repoll.StoreUnavailable("down"))
+        log.answered()
+        log.answered()  # no outage: nothing to say
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 2
+    assert messages[0].startswith("store unavailable (a poll)")
+    assert "1000 failures" in messages[1]

@@ -27,7 +27,7 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast, overload
 
@@ -44,16 +44,12 @@ from ._headers import (
 )
 from ._model import Operation, StoredResponse, clamp_progress
 from ._routes import DEFERRED_MARK
+from ._scope import ASGIApp, Message, Receive, Scope, Send, first_header
 from ._status import Event, OperationStatus
 
 if TYPE_CHECKING:
     from ._server import PollingServer
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -370,8 +366,8 @@ class DeferrableRequest:
             # A concurrent twin won the race for the key: answer as it would.
             existing = await server.store.get(duplicate.existing_id)
             raise DeferralAborted(self._duplicate_reply(existing, request_digest)) from None
-        except StoreUnavailable:
-            logger.warning("store unavailable: request not deferred", exc_info=True)
+        except StoreUnavailable as exc:
+            server.outages.failed("creating an operation (answered 503)", exc)
             raise DeferralAborted(replies.store_unavailable()) from None
         return op
 
@@ -403,7 +399,7 @@ class DeferrableRequest:
             return replies.store_unavailable()
         if existing.request_digest != request_digest:
             return replies.idempotency_key_reused()
-        origin = next((v.decode("latin-1") for k, v in self.scope["headers"] if k == b"origin"), "")
+        origin = first_header(self.scope, b"origin")
         return self.server.answer(self.scope, existing, self.preferences, origin)
 
     # --- the child task -------------------------------------------------------------

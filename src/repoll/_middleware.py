@@ -32,21 +32,21 @@ from ._errors import require
 require("starlette", "server")
 
 from . import _replies as replies
-from ._deferral import (
-    ASGIApp,
-    DeferrableRequest,
-    DeferralAborted,
-    Message,
-    Receive,
-    RunningOperation,
-    Scope,
-    Send,
-    send_reply,
-)
+from ._deferral import DeferrableRequest, DeferralAborted, RunningOperation, send_reply
 from ._errors import StoreUnavailable
 from ._headers import PREFER, Preferences, parse_prefer
 from ._routes import ALWAYS, MAYBE, NEVER, RouteTable
-from ._server import PollingServer, first_header, header_values, until_disconnect
+from ._scope import (
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    first_header,
+    header_values,
+    until_disconnect,
+)
+from ._server import PollingServer
 
 logger = logging.getLogger("repoll")
 
@@ -131,8 +131,8 @@ class PollingMiddleware:
             operation_id = None
         try:
             await self.server.open()
-        except StoreUnavailable:
-            logger.warning("store unavailable while opening", exc_info=True)
+        except StoreUnavailable as exc:
+            self.server.outages.failed("opening", exc)
             await send_reply(send, replies.store_unavailable())
             return
         if operation_id is not None:
@@ -164,8 +164,8 @@ class PollingMiddleware:
                 reply = await server.status_reply(scope, operation_id, _preferences(scope), receive)
             else:
                 reply = replies.method_not_allowed()
-        except StoreUnavailable:
-            logger.warning("store unavailable", exc_info=True)
+        except StoreUnavailable as exc:
+            server.outages.failed(f"{method} on an operation", exc)
             reply = replies.store_unavailable()
         await send_reply(send, reply, head=method == "HEAD")
 

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
+
+from ._profiles import needs_absolute_location
 
 # A Host value safe to echo in Location: a name or address and a port, no more.
 _HOST_RE: Final = re.compile(
@@ -170,3 +172,73 @@ def operation_url(
     if not host or not is_safe_host(host):
         return path
     return f"{scheme}://{host}{path}"
+
+
+_FORWARDING_FIELDS: Final = frozenset(
+    {"forwarded", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-prefix"}
+)
+
+
+class OperationUrls:
+    """``urls(scope, operation_id)``: the operation URL for a request, from its scope.
+
+    Reads the ASGI scope as data (no I/O): its ``root_path``, scheme, client
+    address and header fields, in one pass, since this runs for every start
+    and every answer.
+    """
+
+    def __init__(
+        self,
+        *,
+        operations_path: str,
+        absolute: bool,
+        public_url: str | None,
+        trusted: TrustedProxies,
+    ) -> None:
+        self.operations_path = operations_path
+        self.absolute = absolute
+        self.public_url = public_url.rstrip("/") if public_url else None
+        self.trusted = trusted
+        self._peers: dict[str | None, bool] = {}
+
+    def __call__(self, scope: Mapping[str, Any], operation_id: str) -> str:
+        path = f"{scope.get('root_path', '')}{self.operations_path}/{operation_id}"
+        host = user_agent = ""
+        names: set[str] = set()
+        forwarding: dict[str, list[str]] | None = None
+        for raw_name, raw_value in scope.get("headers", ()):
+            name = raw_name.decode("latin-1")
+            names.add(name)
+            if name == "host":
+                host = host or raw_value.decode("latin-1")
+            elif name == "user-agent":
+                user_agent = user_agent or raw_value.decode("latin-1")
+            elif name in _FORWARDING_FIELDS:
+                forwarding = forwarding or {}
+                forwarding.setdefault(name, []).append(raw_value.decode("latin-1"))
+        forwarded: Forwarded | None = None
+        if forwarding is not None and self._trusts(scope.get("client")):
+            forwarded = parse_forwarded(
+                forwarded=forwarding.get("forwarded", ()),
+                x_forwarded_host=forwarding.get("x-forwarded-host", ()),
+                x_forwarded_proto=forwarding.get("x-forwarded-proto", ()),
+                x_forwarded_prefix=forwarding.get("x-forwarded-prefix", ()),
+            )
+        return operation_url(
+            path,
+            absolute=self.absolute or needs_absolute_location(user_agent, names),
+            public_url=self.public_url,
+            scheme=str(scope.get("scheme", "http")),
+            host=host or None,
+            forwarded=forwarded,
+        )
+
+    def _trusts(self, client: Any) -> bool:
+        peer = client[0] if client else None
+        trusted = self._peers.get(peer)
+        if trusted is None:
+            trusted = self.trusted.trusts(peer)
+            if len(self._peers) > 4096:
+                self._peers.clear()
+            self._peers[peer] = trusted
+        return trusted

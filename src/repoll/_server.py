@@ -31,7 +31,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ._errors import require
@@ -45,8 +45,10 @@ from ._admission import Admission
 from ._errors import InvalidTransition, StoreUnavailable
 from ._executor import Executor, InProcessExecutor
 from ._headers import Preferences, is_valid_operation_id
+from ._holds import Holds
 from ._model import Operation, StoredResponse
-from ._origin import LOOPBACK, Forwarded, TrustedProxies, operation_url, parse_forwarded
+from ._origin import LOOPBACK, OperationUrls, TrustedProxies
+from ._outage_log import OutageLog
 from ._pacing import (
     DurationHistory,
     PacingPolicy,
@@ -56,7 +58,7 @@ from ._pacing import (
     refusal_interval,
 )
 from ._principal import PrincipalDigests, PrincipalFunction, default_principal
-from ._profiles import needs_absolute_location
+from ._scope import Receive, Scope, first_header, wants_page
 from ._status import Event, OperationStatus, finish_event
 from ._store import Store, store_from_url, update_operation
 
@@ -65,8 +67,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("repoll")
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
 DEFAULT_STORE_URL = "sqlite:///repoll.sqlite3"
 PRINCIPAL_KEY_ENV = "REPOLL_PRINCIPAL_KEY"
@@ -76,72 +76,6 @@ PUBLIC_URL_ENV = "REPOLL_PUBLIC_URL"
 # as this process lives: an outcome is never given up while it can be kept.
 _OUTCOME_RETRY_CAP = 15.0
 _PURGE_EVERY = 60.0
-_FORWARDING_FIELDS = frozenset(
-    {"forwarded", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-prefix"}
-)
-
-
-def header_values(scope: Scope, name: bytes) -> list[str]:
-    return [v.decode("latin-1") for k, v in scope.get("headers", ()) if k == name]
-
-
-def first_header(scope: Scope, name: bytes) -> str:
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            return str(value.decode("latin-1"))
-    return ""
-
-
-def wants_page(scope: Scope, preferences: Preferences) -> bool:
-    """A browser navigating (it accepts HTML), not a script that asked for 202."""
-    if preferences.respond_async:
-        return False
-    return "text/html" in first_header(scope, b"accept")
-
-
-class _Notifier:
-    """Wakes held polls the moment their operation ends (in this process).
-
-    Each held poll is one future; the finishing side resolves them with the
-    terminal record, so a thousand waiters cost no store reads when they wake.
-    """
-
-    def __init__(self) -> None:
-        self._waiters: dict[str, set[asyncio.Future[Operation | None]]] = {}
-
-    def add(self, operation_id: str, waiter: asyncio.Future[Operation | None]) -> None:
-        self._waiters.setdefault(operation_id, set()).add(waiter)
-
-    def discard(self, operation_id: str, waiter: asyncio.Future[Operation | None]) -> None:
-        waiters = self._waiters.get(operation_id)
-        if waiters is not None:
-            waiters.discard(waiter)
-            if not waiters:
-                del self._waiters[operation_id]
-
-    def notify(self, operation_id: str, operation: Operation | None) -> None:
-        for waiter in self._waiters.pop(operation_id, ()):
-            if not waiter.done():
-                waiter.set_result(operation)
-
-    def watched(self) -> list[str]:
-        return list(self._waiters)
-
-
-async def until_disconnect(receive: Receive) -> None:
-    """Return when the client has gone (its ASGI channel says ``http.disconnect``)."""
-    for _ in range(64):
-        if (await receive())["type"] == "http.disconnect":
-            return
-        await asyncio.sleep(0)
-    # A server whose receive() never blocks (not ASGI-conformant, but seen in
-    # test harnesses) would make this a busy loop: stop watching instead.
-    await asyncio.get_running_loop().create_future()
-
-
-def _time_out(waiter: asyncio.Future[Operation | None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 class PollingServer:
@@ -191,25 +125,28 @@ class PollingServer:
             self._principal_key = principal_key
         self.shutdown_grace = shutdown_grace
         self.admission = Admission(max_operations, max_operations_per_principal, max_held_polls)
+        self._holds = Holds(self.store, self.admission)
         # This process's name in the store; with a shared store, its work is
         # declared lost once the store no longer sees it alive.
         self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.heartbeat_interval = heartbeat_interval
         self.owner_ttl = heartbeat_interval * 5
         self.cors_origins = frozenset(cors_origins)
-        self.absolute_urls = absolute_urls
-        public_url = public_url or os.environ.get(PUBLIC_URL_ENV)
-        self.public_url = public_url.rstrip("/") if public_url else None
         if forwarded_allow_ips is None:
             forwarded_allow_ips = os.environ.get(FORWARDED_ALLOW_IPS_ENV)
-        self.trusted_proxies = (
-            LOOPBACK if forwarded_allow_ips is None else TrustedProxies.parse(forwarded_allow_ips)
+        self.urls = OperationUrls(
+            operations_path=self.operations_path,
+            absolute=absolute_urls,
+            public_url=public_url or os.environ.get(PUBLIC_URL_ENV),
+            trusted=(
+                LOOPBACK
+                if forwarded_allow_ips is None
+                else TrustedProxies.parse(forwarded_allow_ips)
+            ),
         )
-        self._trusted_peers: dict[str | None, bool] = {}
         self._digests: PrincipalDigests | None = None
         self._maintenance: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
-        self._notifier = _Notifier()
         self._history: dict[str, DurationHistory] = {}
         self._running: dict[str, RunningOperation] = {}
         self._open = False
@@ -220,6 +157,7 @@ class PollingServer:
         # Set when the store answers again after failing: outcomes waiting to
         # be written try at once instead of waiting out their pause.
         self._store_back: asyncio.Event | None = None
+        self.outages = OutageLog()
 
     # The limits, as they were named before admission had its own object.
     @property
@@ -303,7 +241,7 @@ class PollingServer:
 
     def _on_store_event(self, kind: str, operation_id: str) -> None:
         if kind == "finished":
-            self._notifier.notify(operation_id, None)  # waiters re-read the record
+            self._holds.notifier.notify(operation_id, None)  # waiters re-read the record
         elif kind == "cancel":
             running = self._running.get(operation_id)
             if running is not None:
@@ -323,16 +261,16 @@ class PollingServer:
     async def _resync(self) -> None:
         """After a lost subscription: catch up on the ends and cancellations it missed."""
         try:
-            for op_id in self._notifier.watched():
+            for op_id in self._holds.notifier.watched():
                 op = await self.store.get(op_id)
                 if op is None or op.status.is_terminal:
-                    self._notifier.notify(op_id, op)
+                    self._holds.notifier.notify(op_id, op)
             for running in list(self._running.values()):
                 op = await self.store.get(running.id)
                 if op is not None and op.cancel_requested:
                     running.request_cancel()
-        except StoreUnavailable:
-            logger.warning("store unavailable while catching up after a resubscription")
+        except StoreUnavailable as exc:
+            self.outages.failed("catching up after a resubscription", exc)
 
     async def _maintain(self) -> None:
         """Heartbeats and reaping (shared stores), and purging, every heartbeat_interval."""
@@ -347,9 +285,10 @@ class PollingServer:
                     if self._may_reap():
                         await self._reap()
                 await self._maybe_purge()
-            except StoreUnavailable:
+                self.outages.answered()
+            except StoreUnavailable as exc:
                 self._healthy_since = None
-                logger.warning("store unavailable during maintenance", exc_info=True)
+                self.outages.failed("maintenance", exc)
             except Exception:
                 logger.exception("maintenance failed")
 
@@ -403,47 +342,7 @@ class PollingServer:
 
     def operation_url(self, scope: Scope, operation_id: str) -> str:
         """The URL to send in ``Location``: a path unless an absolute one is needed."""
-        path = f"{scope.get('root_path', '')}{self.operations_path}/{operation_id}"
-        host = user_agent = ""
-        names: set[str] = set()
-        forwarding: dict[str, list[str]] | None = None
-        # One pass over the fields: this runs for every start and every answer.
-        for raw_name, raw_value in scope.get("headers", ()):
-            name = raw_name.decode("latin-1")
-            names.add(name)
-            if name == "host":
-                host = host or raw_value.decode("latin-1")
-            elif name == "user-agent":
-                user_agent = user_agent or raw_value.decode("latin-1")
-            elif name in _FORWARDING_FIELDS:
-                forwarding = forwarding or {}
-                forwarding.setdefault(name, []).append(raw_value.decode("latin-1"))
-        forwarded: Forwarded | None = None
-        if forwarding is not None and self._trusts(scope.get("client")):
-            forwarded = parse_forwarded(
-                forwarded=forwarding.get("forwarded", ()),
-                x_forwarded_host=forwarding.get("x-forwarded-host", ()),
-                x_forwarded_proto=forwarding.get("x-forwarded-proto", ()),
-                x_forwarded_prefix=forwarding.get("x-forwarded-prefix", ()),
-            )
-        return operation_url(
-            path,
-            absolute=self.absolute_urls or needs_absolute_location(user_agent, names),
-            public_url=self.public_url,
-            scheme=str(scope.get("scheme", "http")),
-            host=host or None,
-            forwarded=forwarded,
-        )
-
-    def _trusts(self, client: Any) -> bool:
-        peer = client[0] if client else None
-        trusted = self._trusted_peers.get(peer)
-        if trusted is None:
-            trusted = self.trusted_proxies.trusts(peer)
-            if len(self._trusted_peers) > 4096:
-                self._trusted_peers.clear()
-            self._trusted_peers[peer] = trusted
-        return trusted
+        return self.urls(scope, operation_id)
 
     async def principal_of(self, scope: Scope) -> str:
         """The stored form (a keyed digest) of the principal of the request."""
@@ -518,7 +417,7 @@ class PollingServer:
         if after is None or not changed:
             return None
         if after.status.is_terminal:
-            self._notifier.notify(operation_id, after)
+            self._holds.notifier.notify(operation_id, after)
         return after
 
     async def _lose(self, operation_id: str, reason: str) -> None:
@@ -546,11 +445,11 @@ class PollingServer:
             try:
                 await self._write_outcome(running, response, interrupted)
                 return
-            except StoreUnavailable:
+            except StoreUnavailable as exc:
                 if self.closing:
                     logger.error("operation %s: outcome lost, store unavailable", running.id)
                     return
-                logger.warning("operation %s: store unavailable, outcome kept", running.id)
+                self.outages.failed(f"writing the outcome of {running.id}, kept", exc)
                 if self._store_back is None:
                     self._store_back = asyncio.Event()
                 self._store_back.clear()
@@ -625,53 +524,10 @@ class PollingServer:
         gone: asyncio.Future[Any] | None = None,
         counted: bool = True,
     ) -> Operation | None:
-        """Wait until the operation ends or ``seconds`` pass; return a fresh record.
-
-        At ``max_held_polls`` the server sheds: it answers at once, and the
-        load stretches the Retry-After it advertises. A client that leaves
-        ends its hold at once (the work goes on): ``receive`` is its ASGI
-        channel, watched only while the hold lasts, or ``gone`` a future that
-        a caller watching it already has. ``counted=False`` for a caller that
-        already holds a place.
-        """
-        if seconds <= 0:
-            counted = False
-        elif counted and not self.admission.try_hold():
-            seconds, counted = 0.0, False
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[Operation | None] = loop.create_future()
-        self._notifier.add(operation_id, waiter)
-        watcher: asyncio.Task[None] | None = None
-        try:
-            # Read after listening, so a finish in between cannot be missed.
-            op = await self.store.get(operation_id)
-            if op is None or op.status.is_terminal or seconds <= 0:
-                return op
-            if receive is not None:
-                watcher = loop.create_task(until_disconnect(receive))
-                gone = watcher
-            if gone is not None and gone.done():
-                return op
-            timer = loop.call_later(seconds, _time_out, waiter)
-
-            def leave(_: object) -> None:
-                _time_out(waiter)
-
-            if gone is not None:
-                gone.add_done_callback(leave)
-            try:
-                finished = await waiter
-            finally:
-                timer.cancel()
-                if gone is not None:
-                    gone.remove_done_callback(leave)
-        finally:
-            self._notifier.discard(operation_id, waiter)
-            if counted:
-                self.admission.release_hold()
-            if watcher is not None:
-                watcher.cancel()
-        return finished if finished is not None else await self.store.get(operation_id)
+        """Wait until the operation ends or ``seconds`` pass (see :class:`Holds`)."""
+        return await self._holds.hold(
+            operation_id, seconds, receive=receive, gone=gone, counted=counted
+        )
 
     def answer(
         self,

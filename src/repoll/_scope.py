@@ -1,0 +1,44 @@
+"""Reading an ASGI request's scope and receive channel: header fields, the client leaving."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from ._headers import Preferences
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def header_values(scope: Scope, name: bytes) -> list[str]:
+    return [v.decode("latin-1") for k, v in scope.get("headers", ()) if k == name]
+
+
+def first_header(scope: Scope, name: bytes) -> str:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return ""
+
+
+def wants_page(scope: Scope, preferences: Preferences) -> bool:
+    """A browser navigating (it accepts HTML), not a script that asked for 202."""
+    if preferences.respond_async:
+        return False
+    return "text/html" in first_header(scope, b"accept")
+
+
+async def until_disconnect(receive: Receive) -> None:
+    """Return when the client has gone (its ASGI channel says ``http.disconnect``)."""
+    for _ in range(64):
+        if (await receive())["type"] == "http.disconnect":
+            return
+        await asyncio.sleep(0)
+    # A server whose receive() never blocks (not ASGI-conformant, but seen in
+    # test harnesses) would make this a busy loop: stop watching instead.
+    await asyncio.get_running_loop().create_future()
