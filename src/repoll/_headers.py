@@ -126,7 +126,7 @@ def retry_after_headers(delay_s: float) -> dict[str, str]:
 # that does not fit whole is ignored (RFC 7240 lets a server ignore any
 # preference), so the parser's work is bounded whatever arrives.
 MAX_PREFER_LENGTH: Final = 1024
-_TOKEN_RE: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_APPLIED: Final = frozenset({"wait", "respond-async"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,14 +165,12 @@ def _elements(field: str) -> list[str]:
     return elements
 
 
-_APPLIED: Final = frozenset({"respond-async", "wait"})
-
-
 def _preference(element: str) -> tuple[str, str | None] | None:
-    """(lower-cased name, value or None) of an element naming a preference repoll
-    applies; None for any other element, well-formed or not."""
-    head = element.split(";", 1)[0]  # parameters: none that repoll applies
-    name, equals, raw = head.partition("=")
+    """(name, value or None) of an element naming ``respond-async`` or ``wait``, else None.
+
+    Other preferences are not looked at: malformed or not, they are ignored.
+    """
+    name, equals, raw = element.split(";", 1)[0].partition("=")
     name = name.strip().lower()
     if name not in _APPLIED:
         return None
@@ -183,8 +181,6 @@ def _preference(element: str) -> tuple[str, str | None] | None:
         if len(raw) < 2 or not raw.endswith('"'):
             return None
         raw = raw[1:-1]  # escapes matter to no value repoll reads
-    elif raw and not _TOKEN_RE.fullmatch(raw):
-        return None
     return name, raw
 
 

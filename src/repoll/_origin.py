@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from ._profiles import needs_absolute_location
+from ._profiles import ABSOLUTE_LOCATION_MARKERS, needs_absolute_location
 
 # A Host value safe to echo in Location: a name or address and a port, no more.
 _HOST_RE: Final = re.compile(
@@ -175,8 +175,9 @@ def operation_url(
 
 
 _FORWARDING_FIELDS: Final = frozenset(
-    {"forwarded", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-prefix"}
+    {b"forwarded", b"x-forwarded-host", b"x-forwarded-proto", b"x-forwarded-prefix"}
 )
+_CLIENT_MARKERS: Final = frozenset(name.encode() for name in ABSOLUTE_LOCATION_MARKERS)
 
 
 class OperationUrls:
@@ -204,29 +205,29 @@ class OperationUrls:
     def __call__(self, scope: Mapping[str, Any], operation_id: str) -> str:
         path = f"{scope.get('root_path', '')}{self.operations_path}/{operation_id}"
         host = user_agent = ""
-        names: set[str] = set()
-        forwarding: dict[str, list[str]] | None = None
-        for raw_name, raw_value in scope.get("headers", ()):
-            name = raw_name.decode("latin-1")
-            names.add(name)
-            if name == "host":
+        markers: set[str] = set()
+        forwarding: dict[bytes, list[str]] | None = None
+        for name, raw_value in scope.get("headers", ()):
+            if name == b"host":
                 host = host or raw_value.decode("latin-1")
-            elif name == "user-agent":
+            elif name == b"user-agent":
                 user_agent = user_agent or raw_value.decode("latin-1")
             elif name in _FORWARDING_FIELDS:
                 forwarding = forwarding or {}
                 forwarding.setdefault(name, []).append(raw_value.decode("latin-1"))
+            elif name in _CLIENT_MARKERS:
+                markers.add(name.decode("latin-1"))
         forwarded: Forwarded | None = None
         if forwarding is not None and self._trusts(scope.get("client")):
             forwarded = parse_forwarded(
-                forwarded=forwarding.get("forwarded", ()),
-                x_forwarded_host=forwarding.get("x-forwarded-host", ()),
-                x_forwarded_proto=forwarding.get("x-forwarded-proto", ()),
-                x_forwarded_prefix=forwarding.get("x-forwarded-prefix", ()),
+                forwarded=forwarding.get(b"forwarded", ()),
+                x_forwarded_host=forwarding.get(b"x-forwarded-host", ()),
+                x_forwarded_proto=forwarding.get(b"x-forwarded-proto", ()),
+                x_forwarded_prefix=forwarding.get(b"x-forwarded-prefix", ()),
             )
         return operation_url(
             path,
-            absolute=self.absolute or needs_absolute_location(user_agent, names),
+            absolute=self.absolute or needs_absolute_location(user_agent, markers),
             public_url=self.public_url,
             scheme=str(scope.get("scheme", "http")),
             host=host or None,

@@ -15,7 +15,7 @@ from typing import Final
 # every request with x-ms-client-request-id (azure-core's RequestIdPolicy,
 # on by default) and, in the SDKs, a User-Agent starting "azsdk-".
 _ABSOLUTE_LOCATION_AGENTS: Final = ("azsdk-",)
-_ABSOLUTE_LOCATION_MARKERS: Final = ("x-ms-client-request-id",)
+ABSOLUTE_LOCATION_MARKERS: Final = ("x-ms-client-request-id",)
 
 
 def needs_absolute_location(user_agent: str, header_names: Container[str]) -> bool:
@@ -25,4 +25,4 @@ def needs_absolute_location(user_agent: str, header_names: Container[str]) -> bo
     """
     if user_agent.startswith(_ABSOLUTE_LOCATION_AGENTS):
         return True
-    return any(marker in header_names for marker in _ABSOLUTE_LOCATION_MARKERS)
+    return any(marker in header_names for marker in ABSOLUTE_LOCATION_MARKERS)

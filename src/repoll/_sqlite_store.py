@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import secrets
 import sqlite3
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -31,6 +29,7 @@ from ._errors import DuplicateOperation, StoreUnavailable
 from ._model import Operation, decode_row, encode_row
 from ._owner_locks import OwnerLocks
 from ._sqlite_watch import Watcher
+from ._sqlite_writer import LoopWriter, ThreadWriter
 
 T = TypeVar("T")
 logger = logging.getLogger("repoll")
@@ -71,134 +70,6 @@ _EVENT_SWEEP_EVERY = 30.0
 # Per cached record, beyond its response body: the record's own fields.
 _ENTRY_OVERHEAD = 512
 
-_Job = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
-_BATCH = 256
-
-
-def _prepare(connection: sqlite3.Connection, timeout: float) -> None:
-    """WAL mode and the schema, safe when several processes start on a new file at once."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            # Switching to WAL takes an exclusive lock and may answer "locked"
-            # without waiting on the busy timeout; once set, it stays in the file.
-            if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                connection.execute("PRAGMA journal_mode=WAL")
-            try:
-                connection.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
-            except BaseException:
-                if connection.in_transaction:
-                    connection.execute("ROLLBACK")
-                raise
-        except sqlite3.OperationalError as exc:
-            busy = exc.sqlite_errorcode & 0xFF in _BUSY
-            if not busy or time.monotonic() > deadline:
-                raise
-            time.sleep(0.01 + secrets.randbelow(40) / 1000)
-        else:
-            return
-
-
-class _Worker:
-    """One thread that owns the connection and runs jobs in batches.
-
-    Whatever queued up while the last batch ran goes into one transaction and
-    is answered with one wake-up of the event loop: under load, a hundred
-    writes cost one commit instead of a hundred.
-    """
-
-    def __init__(self, path: str, timeout: float) -> None:
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(
-            target=self._serve, args=(path, timeout), name="repoll-sqlite", daemon=True
-        )
-        self._thread.start()
-        self._ready.wait()
-        if self._error is not None:
-            raise self._error
-
-    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._jobs.put((fn, future, loop))
-        return future
-
-    def stop(self) -> None:
-        self._jobs.put(None)
-        self._thread.join()
-
-    def _serve(self, path: str, timeout: float) -> None:
-        try:
-            connection = sqlite3.connect(
-                path, timeout=timeout, isolation_level=None, check_same_thread=False
-            )
-            try:
-                connection.execute("PRAGMA synchronous=NORMAL")
-                _prepare(connection, timeout)
-            except BaseException:
-                connection.close()
-                raise
-        except BaseException as exc:  # reported to the opener
-            self._error = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        try:
-            while True:
-                first = self._jobs.get()
-                if first is None:
-                    return
-                batch = [first]
-                stopping = False
-                while len(batch) < _BATCH:
-                    try:
-                        job = self._jobs.get_nowait()
-                    except queue.Empty:
-                        break
-                    if job is None:
-                        stopping = True
-                        break
-                    batch.append(job)
-                self._run_batch(connection, batch)
-                if stopping:
-                    return
-        finally:
-            connection.close()
-
-    @staticmethod
-    def _run_batch(connection: sqlite3.Connection, batch: list[_Job]) -> None:
-        results: list[tuple[_Job, Any, BaseException | None]] = []
-        try:
-            connection.execute("BEGIN IMMEDIATE")
-            for job in batch:
-                try:
-                    results.append((job, job[0](connection), None))
-                except Exception as exc:
-                    results.append((job, None, exc))
-            connection.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            results = [(job, None, exc) for job in batch]
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Any, BaseException | None]]] = {}
-        for result in results:
-            by_loop.setdefault(result[0][2], []).append(result)
-        for loop, answers in by_loop.items():
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(_answer, answers)
-
-
-def _answer(answers: list[tuple[_Job, Any, BaseException | None]]) -> None:
-    for (_, future, _), value, error in answers:
-        if future.done():
-            continue
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(value)
-
 
 class SQLiteStore:
     """Operations in a SQLite file (``":memory:"`` for a private in-memory database).
@@ -232,26 +103,30 @@ class SQLiteStore:
         self._cache_size = cache_size
         self._cache_bytes = cache_bytes
         self._cached_bytes = 0
-        self._worker: _Worker | None = None
+        self._worker: ThreadWriter | None = None
+        self._loop_writer: LoopWriter | None = None
         self._origin = secrets.token_hex(8)
         self._watch_interval = watch_interval
         self._watcher: Watcher | None = None
         self._owners = OwnerLocks(Path(f"{self.path}-owners")) if self.shared else None
         self._secret: bytes | None = None
-        self._next_sweep = 0.0  # read and written on the worker thread only
+        self._next_sweep = 0.0  # read and written by whichever writer runs a publish
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
         return StoreUnavailable(f"SQLite store {self.path}: {exc}")
 
-    def _opened(self) -> _Worker:
+    def _opened(self) -> ThreadWriter:
         if self._worker is None:
             msg = "SQLiteStore used before open()"
             raise RuntimeError(msg)
         return self._worker
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, small_write: bool = False) -> T:
+        """Run ``fn`` with a connection: a small write on the event loop when it can."""
         worker = self._opened()
         try:
+            if small_write and self._loop_writer is not None:
+                return await self._loop_writer.submit(fn)
             return await worker.submit(fn)
         except sqlite3.OperationalError as exc:  # locked, busy, disk I/O, cannot open
             raise self._unavailable(exc) from exc
@@ -263,9 +138,11 @@ class SQLiteStore:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         # Connecting and creating the schema block: off the event loop.
         try:
-            self._worker = await asyncio.to_thread(_Worker, self.path, self._timeout)
+            self._worker = await asyncio.to_thread(ThreadWriter, self.path, self._timeout, _SCHEMA)
         except sqlite3.OperationalError as exc:
             raise self._unavailable(exc) from exc
+        if self.shared:  # a second connection to ":memory:" would be another database
+            self._loop_writer = LoopWriter(self.path, self._worker)
 
     async def close(self) -> None:
         if self._watcher is not None:
@@ -273,6 +150,9 @@ class SQLiteStore:
             await asyncio.to_thread(watcher.stop)
         if self._owners is not None:
             await asyncio.to_thread(self._owners.close)
+        if self._loop_writer is not None:
+            self._loop_writer.close()  # what it still holds goes to the thread, first
+            self._loop_writer = None
         if self._worker is None:
             return
         worker, self._worker = self._worker, None
@@ -297,7 +177,7 @@ class SQLiteStore:
                 msg = f"duplicate operation id {operation.id}"
                 raise ValueError(msg) from exc
 
-        await self._run(insert)
+        await self._run(insert, small_write=True)
 
     def _remember(self, operation: Operation) -> None:
         # An expired record is purged soon, here or elsewhere: the file has the truth.
@@ -379,7 +259,7 @@ class SQLiteStore:
 
     async def announce_cancel(self, operation_id: str) -> None:
         if self.shared:
-            await self._run(lambda c: self._publish(c, "cancel", operation_id))
+            await self._run(lambda c: self._publish(c, "cancel", operation_id), small_write=True)
 
     async def heartbeat(self, owner: str, *, ttl: float) -> None:
         if self._owners is None:
@@ -445,7 +325,7 @@ class SQLiteStore:
                 self._publish(c, "finished", op_id)
             return True
 
-        updated = await self._run(update)
+        updated = await self._run(update, small_write=True)
         if updated:
             self._remember(operation)
         return updated
