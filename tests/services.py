@@ -80,14 +80,16 @@ class Proxy:
 
     async def stop(self) -> None:
         """Refuse new connections and drop the existing ones."""
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        # Connections first: the server's wait_closed() waits for them all.
         await self._stop_relaying()
         for writer in self._writers:
             writer.close()
         self._writers.clear()
+        if server is not None:
+            await asyncio.wait_for(server.wait_closed(), timeout=5)
 
 
 @pytest.fixture
