@@ -249,8 +249,13 @@ class LoopWriter:
             inner.add_done_callback(functools.partial(_relay, outer=future))
 
     def _flush(self) -> None:
-        batch, self._batch = self._batch, []
-        self._scheduled = False
+        # At most _BATCH jobs per turn, like the thread: a burst (ten thousand
+        # operations ending at once) is written in slices, with the loop
+        # answering in between, not in one long block.
+        batch, self._batch = self._batch[:_BATCH], self._batch[_BATCH:]
+        self._scheduled = bool(self._batch)
+        if self._scheduled:
+            self._loop.call_soon(self._flush)
         if not batch:
             return
         if self._handed_over or time.monotonic() < self._slow_until:
