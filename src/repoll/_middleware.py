@@ -210,7 +210,7 @@ class PollingMiddleware:
                 await _send_event(send, op)
             if op.status.is_terminal:
                 return
-            op = await self.server.hold(op.id, _STREAM_REFRESH, gone=gone, counted=False)
+            op = await self.server.holds.hold(op.id, _STREAM_REFRESH, gone=gone, counted=False)
 
     # --- deferrable requests ----------------------------------------------------------
 
@@ -263,7 +263,7 @@ class PollingMiddleware:
         else:
             # The app has read the whole body; the client's receive channel
             # is ours to watch.
-            op = await server.hold(running.id, wait, receive=receive) or running.record
+            op = await server.holds.hold(running.id, wait, receive=receive) or running.record
         origin = first_header(scope, b"origin")
         await send_reply(send, server.answer(scope, op, preferences, origin, running.url))
 

@@ -125,7 +125,7 @@ class PollingServer:
             self._principal_key = principal_key
         self.shutdown_grace = shutdown_grace
         self.admission = Admission(max_operations, max_operations_per_principal, max_held_polls)
-        self._holds = Holds(self.store, self.admission)
+        self.holds = Holds(self.store, self.admission)
         # This process's name in the store; with a shared store, its work is
         # declared lost once the store no longer sees it alive.
         self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -241,7 +241,7 @@ class PollingServer:
 
     def _on_store_event(self, kind: str, operation_id: str) -> None:
         if kind == "finished":
-            self._holds.notifier.notify(operation_id, None)  # waiters re-read the record
+            self.holds.notifier.notify(operation_id, None)  # waiters re-read the record
         elif kind == "cancel":
             running = self._running.get(operation_id)
             if running is not None:
@@ -261,10 +261,10 @@ class PollingServer:
     async def _resync(self) -> None:
         """After a lost subscription: catch up on the ends and cancellations it missed."""
         try:
-            for op_id in self._holds.notifier.watched():
+            for op_id in self.holds.notifier.watched():
                 op = await self.store.get(op_id)
                 if op is None or op.status.is_terminal:
-                    self._holds.notifier.notify(op_id, op)
+                    self.holds.notifier.notify(op_id, op)
             for running in list(self._running.values()):
                 op = await self.store.get(running.id)
                 if op is not None and op.cancel_requested:
@@ -417,7 +417,7 @@ class PollingServer:
         if after is None or not changed:
             return None
         if after.status.is_terminal:
-            self._holds.notifier.notify(operation_id, after)
+            self.holds.notifier.notify(operation_id, after)
         return after
 
     async def _lose(self, operation_id: str, reason: str) -> None:
@@ -515,20 +515,6 @@ class PollingServer:
         )
         return estimate_interval(work, self.pacing)
 
-    async def hold(
-        self,
-        operation_id: str,
-        seconds: float,
-        *,
-        receive: Receive | None = None,
-        gone: asyncio.Future[Any] | None = None,
-        counted: bool = True,
-    ) -> Operation | None:
-        """Wait until the operation ends or ``seconds`` pass (see :class:`Holds`)."""
-        return await self._holds.hold(
-            operation_id, seconds, receive=receive, gone=gone, counted=counted
-        )
-
     def answer(
         self,
         scope: Scope,
@@ -575,7 +561,7 @@ class PollingServer:
             hold = hold_seconds(preferences, advertised, self.pacing)
             if wants_page(scope, preferences):
                 hold = 0.0  # a person sees the page at once; its Refresh paces the browser
-            held = await self.hold(op.id, hold, receive=receive)
+            held = await self.holds.hold(op.id, hold, receive=receive)
             if held is None:
                 return replies.with_cors(replies.not_found(), origin, self.cors_origins)
             op = held
@@ -595,7 +581,7 @@ class PollingServer:
             await self._request_cancel(op)
             # Cooperative cancellation usually lands within a moment; answer
             # with the outcome when it does, else 202 and the current status.
-            op = await self.hold(op.id, 1.0, receive=receive) or op
+            op = await self.holds.hold(op.id, 1.0, receive=receive) or op
         reply = replies.cancel_answer(op)
         return replies.with_cors(reply, origin, self.cors_origins)
 

@@ -182,12 +182,16 @@ class ThreadWriter:
 
 def _answer(answers: list[tuple[_Job, Any, BaseException | None]]) -> None:
     for (_, future, _), value, error in answers:
-        if future.done():
-            continue
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(value)
+        _resolve(future, value, error)
+
+
+def _resolve(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if future.done():  # its awaiter was cancelled meanwhile
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
 
 
 class LoopWriter:
@@ -294,12 +298,7 @@ class LoopWriter:
         if self._commits % self._checkpoint_every == 0:
             self._thread.checkpoint()
         for future, value, error in results:
-            if future.done():
-                continue
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(value)
+            _resolve(future, value, error)
 
     def close(self) -> None:
         """Write whatever is queued (on the thread), then close the loop's connection."""
