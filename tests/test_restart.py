@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from urllib.parse import urljoin
 
@@ -23,15 +24,20 @@ def free_port() -> int:
 
 
 def start_server(store: str, port: int) -> subprocess.Popen:
+    # The log goes to a file, not a pipe: a pipe nobody reads fills up and
+    # blocks the server in its next log call.
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed with the process
     process = subprocess.Popen(
         [sys.executable, "-m", "repoll._cli", "serve", "--port", str(port), "--store", store],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
     )
+    process.log = log  # closed by whoever stops the process
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(process.stderr.read().decode())
+            log.seek(0)
+            raise AssertionError(log.read().decode())
         try:
             requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
             return process
@@ -44,7 +50,7 @@ def start_server(store: str, port: int) -> subprocess.Popen:
 def stop(process: subprocess.Popen, sig: int) -> None:
     os.kill(process.pid, sig)
     process.wait(timeout=30)
-    process.stderr.close()
+    process.log.close()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])

@@ -17,6 +17,7 @@ import sqlite3
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from urllib.parse import urljoin
@@ -31,6 +32,9 @@ WORKERS = 4
 
 
 def _serve(store: Path, port: int, workers: int = WORKERS) -> subprocess.Popen:
+    # The log goes to a file, not a pipe: a pipe nobody reads fills up and
+    # blocks the server in its next log call.
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed with the process
     process = subprocess.Popen(
         [
             sys.executable,
@@ -45,13 +49,15 @@ def _serve(store: Path, port: int, workers: int = WORKERS) -> subprocess.Popen:
             f"sqlite:///{store}",
         ],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
         start_new_session=True,
     )
+    process.log = log  # closed by whoever stops the process
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(process.stderr.read().decode())
+            log.seek(0)
+            raise AssertionError(log.read().decode())
         try:
             requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
             return process
@@ -94,7 +100,7 @@ def served(tmp_path):
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
-        process.stderr.close()
+        process.log.close()
 
 
 def test_a_killed_worker_loses_only_its_own_operations(served):
