@@ -23,17 +23,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(store: str, port: int) -> subprocess.Popen:
+def start_server(store: str, port: int, *options: str) -> subprocess.Popen:
+    """``repoll serve`` (the demo app) on ``port``, in its own session, once it answers."""
     # The log goes to a file, not a pipe: a pipe nobody reads fills up and
     # blocks the server in its next log call.
     log = tempfile.TemporaryFile()  # noqa: SIM115 - closed with the process
     process = subprocess.Popen(
-        [sys.executable, "-m", "repoll._cli", "serve", "--port", str(port), "--store", store],
+        [
+            *(sys.executable, "-m", "repoll._cli", "serve"),
+            *("--port", str(port), "--store", store, *options),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=log,
+        start_new_session=True,  # so that its worker processes can be stopped with it
     )
     process.log = log  # closed by whoever stops the process
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
             log.seek(0)
@@ -43,7 +48,7 @@ def start_server(store: str, port: int) -> subprocess.Popen:
             return process
         except requests.ConnectionError:
             time.sleep(0.05)
-    process.kill()
+    os.killpg(process.pid, signal.SIGKILL)
     raise AssertionError("server did not start")
 
 

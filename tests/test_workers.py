@@ -17,54 +17,17 @@ import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from urllib.parse import urljoin
 
 import pytest
 import requests
-from tests.test_restart import free_port
+from tests.test_restart import free_port, start_server
 
 pytestmark = pytest.mark.slow
 
 WORKERS = 4
-
-
-def _serve(store: Path, port: int, workers: int = WORKERS) -> subprocess.Popen:
-    # The log goes to a file, not a pipe: a pipe nobody reads fills up and
-    # blocks the server in its next log call.
-    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed with the process
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "repoll._cli",
-            "serve",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            "--store",
-            f"sqlite:///{store}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-        start_new_session=True,
-    )
-    process.log = log  # closed by whoever stops the process
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            log.seek(0)
-            raise AssertionError(log.read().decode())
-        try:
-            requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-            return process
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    os.killpg(process.pid, signal.SIGKILL)
-    raise AssertionError("server did not start")
 
 
 def _owners(store: Path) -> dict[str, str]:
@@ -91,7 +54,7 @@ def _start(base: str, seconds: float) -> str:
 def served(tmp_path):
     store = tmp_path / "ops.sqlite3"
     port = free_port()
-    process = _serve(store, port)
+    process = start_server(f"sqlite:///{store}", port, "--workers", str(WORKERS))
     try:
         yield f"http://127.0.0.1:{port}", store, process
     finally:
