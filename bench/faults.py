@@ -203,6 +203,14 @@ def _workers(store: Path, workers: int) -> Iterator[tuple[str, subprocess.Popen[
                 os.killpg(process.pid, signal.SIGKILL)
                 raise
             time.sleep(0.1)
+    # One worker answering says nothing of the others, still importing the
+    # app; each holds its lock file in PATH-owners/ once its store is open.
+    owners = Path(f"{store}-owners")
+    while not owners.exists() or len(list(owners.glob("*.lock"))) < workers:
+        if time.monotonic() > deadline:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise RuntimeError("not every worker started")
+        time.sleep(0.1)
     try:
         yield url, process
     finally:

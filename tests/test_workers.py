@@ -50,12 +50,23 @@ def _start(base: str, seconds: float) -> str:
     return urljoin(base, response.headers["location"])
 
 
+def _wait_for_every_worker(store: Path) -> None:
+    # One worker answering says nothing of the others, still importing the
+    # app; each holds its lock file in PATH-owners/ once its store is open.
+    owners = Path(f"{store}-owners")
+    deadline = time.monotonic() + 60
+    while not owners.exists() or len(list(owners.glob("*.lock"))) < WORKERS:
+        assert time.monotonic() < deadline, "not every worker started"
+        time.sleep(0.1)
+
+
 @pytest.fixture
 def served(tmp_path):
     store = tmp_path / "ops.sqlite3"
     port = free_port()
     process = start_server(f"sqlite:///{store}", port, "--workers", str(WORKERS))
     try:
+        _wait_for_every_worker(store)
         yield f"http://127.0.0.1:{port}", store, process
     finally:
         os.killpg(process.pid, signal.SIGTERM)
