@@ -134,7 +134,10 @@ async def test_a_huge_prefer_is_answered_fast_and_the_server_stays_responsive():
             c.post("/quick", headers=hostile), c.get("/healthz"), c.get("/operations/x" * 2)
         )
         assert time.monotonic() - started < 0.5
-        assert answers[0].status_code == 303
+        # Deferred and answered: 303, or the outcome itself when the instant
+        # work had ended before the answer was written (protocol 3.6).
+        assert answers[0].status_code in {200, 303}
+        assert answers[0].headers["operation-status"] in {"running", "succeeded"}
         assert answers[1].status_code == 200
         digits = await c.post("/quick", headers={"prefer": "wait=" + "9" * 10_000})
         assert digits.status_code in {200, 303}

@@ -424,14 +424,22 @@ class DeferrableRequest:
         if running is None:
             return
         running.work_done = True
-        # Recording the outcome must not be cut short by a late cancellation
-        # (a DELETE or a shutdown racing the end of the work), or the
-        # operation would stay "running" for ever.
-        await asyncio.shield(self._settle(running, interrupted))
         if isinstance(interrupted, asyncio.CancelledError):
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
+        # Recording the outcome must not be cut short by a late cancellation
+        # (a shutdown cancelling what still runs), or the operation would stay
+        # "running" for ever. A DELETE no longer cancels once the work is
+        # done, so this is rare: when it happens, the recording is finished
+        # in a task of its own (recording twice is harmless: a transition
+        # applies once). Not shielding up front saves a task on every start.
+        try:
+            await self._settle(running, interrupted)
+        except asyncio.CancelledError:
+            finishing = asyncio.get_running_loop().create_task(self._settle(running, interrupted))
+            self.server.keep(finishing)
+            raise
 
     async def _settle(self, running: RunningOperation, interrupted: BaseException | None) -> None:
         try:

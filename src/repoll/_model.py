@@ -165,35 +165,42 @@ def clamp_progress(value: float | None) -> float | None:
 
 # --- the row form shared by the SQL and Redis stores ---------------------------
 
-_RECORD_FIELDS = (
-    "principal",
-    "endpoint",
-    "created_at",
-    "updated_at",
-    "started_at",
-    "finished_at",
-    "progress",
-    "message",
-    "cancel_requested",
-    "request_digest",
-    "owner",
-    "respond_async",
-)
+
+def _json_number(value: float | None) -> str:
+    return "null" if value is None else repr(float(value))
+
+
+def _json_text(value: str | None) -> str:
+    return "null" if value is None else json.dumps(value)
 
 
 def encode_row(op: Operation) -> tuple[Any, ...]:
-    """The record as (id, version, status, expires_at, record JSON, body, idempotency key)."""
-    record = {name: getattr(op, name) for name in _RECORD_FIELDS}
+    """The record as (id, version, status, expires_at, record JSON, body, idempotency key).
+
+    The JSON is written out by hand (every start and every outcome writes
+    one): numbers and flags as they are, strings through ``json.dumps``.
+    """
+    record = (
+        f'{{"principal":{_json_text(op.principal)},"endpoint":{_json_text(op.endpoint)},'
+        f'"created_at":{_json_number(op.created_at)},"updated_at":{_json_number(op.updated_at)},'
+        f'"started_at":{_json_number(op.started_at)},'
+        f'"finished_at":{_json_number(op.finished_at)},'
+        f'"progress":{_json_number(op.progress)},"message":{_json_text(op.message)},'
+        f'"cancel_requested":{"true" if op.cancel_requested else "false"},'
+        f'"request_digest":{_json_text(op.request_digest)},"owner":{_json_text(op.owner)},'
+        f'"respond_async":{"true" if op.respond_async else "false"}'
+    )
     response = None
     if op.response is not None:
-        record["response_meta"] = {"status": op.response.status, "headers": op.response.headers}
+        meta = {"status": op.response.status, "headers": op.response.headers}
+        record += ',"response_meta":' + json.dumps(meta, separators=(",", ":"))
         response = op.response.body
     return (
         op.id,
         op.version,
         op.status.value,
         op.expires_at,
-        json.dumps(record, separators=(",", ":")),
+        record + "}",
         response,
         op.idempotency_key,
     )

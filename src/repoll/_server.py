@@ -234,8 +234,10 @@ class PollingServer:
         self._open = False
 
     def _spawn(self, coroutine: Any) -> None:
-        # Background tasks are kept until done, so none is collected mid-flight.
-        task = asyncio.get_running_loop().create_task(coroutine)
+        self.keep(asyncio.get_running_loop().create_task(coroutine))
+
+    def keep(self, task: asyncio.Task[Any]) -> None:
+        """Hold a background task until it is done, so that none is collected mid-flight."""
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
