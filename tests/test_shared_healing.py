@@ -70,6 +70,13 @@ async def _cancel_through(b: Instance, a: Instance) -> None:
     assert final.headers["operation-status"] == "canceled"
 
 
+async def _both_paths_work(a: Instance, b: Instance, gate: asyncio.Event) -> None:
+    """A poll held on B wakes at once when work on A ends; a DELETE on B stops work on A."""
+    assert await _held_poll_wakes(a, b, gate) < 0.5
+    gate.clear()
+    await _cancel_through(b, a)
+
+
 async def _settle_subscriptions(b: Instance, seconds: float = 1.0) -> None:
     """Give a store that lost its subscription time to notice and restore it."""
     await asyncio.sleep(seconds)
@@ -101,9 +108,7 @@ async def test_redis_killed_subscriptions_heal(redis_url, redis_prefix):
                 killed += 1
         assert killed == 1
         await _settle_subscriptions(b)
-        assert await _held_poll_wakes(a, b, gate) < 0.5
-        gate.clear()
-        await _cancel_through(b, a)
+        await _both_paths_work(a, b, gate)
     finally:
         gate.set()
         await a.close()
@@ -133,9 +138,7 @@ async def test_postgres_terminated_listen_connections_heal(postgres_url):
             assert row is not None
             assert row[0] == 1
         await _settle_subscriptions(b)
-        assert await _held_poll_wakes(a, b, gate) < 0.5
-        gate.clear()
-        await _cancel_through(b, a)
+        await _both_paths_work(a, b, gate)
     finally:
         gate.set()
         await a.close()
@@ -164,9 +167,7 @@ async def test_a_redis_restart_under_two_instances_heals(redis_server, tmp_path)
         assert final.status_code == 200, final.text
         assert final.json() == {"gate": "opened"}
         gate.clear()
-        assert await _held_poll_wakes(a, b, gate) < 0.5
-        gate.clear()
-        await _cancel_through(b, a)
+        await _both_paths_work(a, b, gate)
     finally:
         gate.set()
         await a.close()
