@@ -8,6 +8,7 @@ checks the resource it took is given back on every path.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import socket
 import time
@@ -21,6 +22,7 @@ from tests.faulty import FaultyStore
 import repoll
 from repoll import InProcessExecutor, MemoryStore, PacingPolicy, StoreUnavailable
 from repoll._cli import running_server
+from repoll._deferral import DeferrableRequest, RunningOperation
 
 pytestmark = pytest.mark.anyio
 
@@ -383,3 +385,25 @@ def test_a_cancel_waiting_for_the_work_ends_when_its_client_leaves(real_server):
     assert _wait_for(lambda: server.held_polls == 1, 2)  # waiting for the work to stop
     sock.close()
     assert _wait_for(lambda: server.held_polls == 0, 0.5)  # well before its 1 s
+
+
+async def test_a_finished_operation_leaves_nothing_for_the_cycle_collector():
+    # The request, its task and its context referenced each other through the
+    # work's handle: every start left about thirty objects in a reference
+    # cycle, and the collector's passes took a tenth of a busy server's time.
+    app, server, _, _ = build(store=MemoryStore())
+    async with client(app) as c:
+        await c.post("/quick", headers={"prefer": "wait=5"})  # warm-up
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(20):
+                assert (await c.post("/quick", headers={"prefer": "wait=5"})).status_code == 200
+            for _ in range(10):
+                await asyncio.sleep(0)  # the last outcome is being recorded
+            kinds = (DeferrableRequest, RunningOperation)
+            left = [o for o in gc.get_objects() if isinstance(o, kinds)]
+        finally:
+            gc.enable()
+        assert left == []
+    await server.close()

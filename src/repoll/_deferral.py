@@ -424,6 +424,11 @@ class DeferrableRequest:
         if running is None:
             return
         running.work_done = True
+        # The task, its context and this request reference each other through
+        # the handle: drop that edge now, so that each request is freed by
+        # reference counting rather than left to the cyclic garbage collector
+        # (whose passes cost a tenth of a busy server's time).
+        running._task = None
         if isinstance(interrupted, asyncio.CancelledError):
             task = asyncio.current_task()
             if task is not None:

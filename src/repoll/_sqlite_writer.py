@@ -15,11 +15,15 @@ never waits for the disk, and the loop's connection never waits for a lock:
 
 * when another process (or this store's thread) holds SQLite's write lock,
   ``BEGIN IMMEDIATE`` fails at once and the batch goes to the thread, which
-  waits its turn;
+  waits its turn; so do the writes of the next ``busy_pause`` seconds, and
+  then the loop tries again (a checkpoint holds the lock for milliseconds;
+  another process may hold it for longer);
 * a batch that took longer than ``slow`` (a disk under pressure) sends every
   write to the thread for ``cooldown`` seconds;
-* once a batch has gone to the thread, every later write follows it there
-  until the thread has answered, so writes never overtake each other;
+* writes in flight at the same time may commit in either order: each caller
+  awaits its own write before the next one that depends on it (an operation
+  is created before it is updated), so no two pending writes depend on each
+  other, and each update checks the version it replaces;
 * the loop's connection never checkpoints the WAL (that would wait for the
   disk): the thread does, every ``checkpoint_every`` loop commits, as the
   thread's own connection does every 1,000 pages it writes.
@@ -204,6 +208,7 @@ class LoopWriter:
         *,
         slow: float = 0.05,
         cooldown: float = 30.0,
+        busy_pause: float = 0.01,
         checkpoint_every: int = 500,
     ) -> None:
         # timeout=0: never wait for SQLite's lock on the loop; hand over instead.
@@ -216,10 +221,13 @@ class LoopWriter:
         self._loop = asyncio.get_running_loop()
         self._slow = slow
         self._cooldown = cooldown
+        self._busy_pause = busy_pause
         self._checkpoint_every = checkpoint_every
         self._batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
         self._scheduled = False
-        self._handed_over = 0  # jobs sent to the thread and not answered yet
+        # Until then, writes go to the thread: the last batch found the lock
+        # taken (busy) or took too long (slow).
+        self._busy_until = 0.0
         self._slow_until = 0.0
         self._commits = 0
 
@@ -227,7 +235,7 @@ class LoopWriter:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             return self._thread.submit(fn)  # its own loop: no order to keep with ours
-        if self._handed_over or time.monotonic() < self._slow_until:
+        if self._on_thread():
             return self._hand_over(fn)
         future: asyncio.Future[T] = loop.create_future()
         self._batch.append((fn, future))
@@ -236,14 +244,12 @@ class LoopWriter:
             loop.call_soon(self._flush)
         return future
 
-    def _hand_over(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
-        self._handed_over += 1
-        future = self._thread.submit(fn)
-        future.add_done_callback(self._answered)
-        return future
+    def _on_thread(self) -> bool:
+        now = time.monotonic()
+        return now < self._busy_until or now < self._slow_until
 
-    def _answered(self, _: object) -> None:
-        self._handed_over -= 1
+    def _hand_over(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        return self._thread.submit(fn)
 
     def _hand_over_batch(
         self, batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]
@@ -262,7 +268,7 @@ class LoopWriter:
             self._loop.call_soon(self._flush)
         if not batch:
             return
-        if self._handed_over or time.monotonic() < self._slow_until:
+        if self._on_thread():
             self._hand_over_batch(batch)
             return
         connection = self._connection
@@ -270,6 +276,7 @@ class LoopWriter:
         try:
             connection.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError:  # another writer holds the lock: wait elsewhere
+            self._busy_until = time.monotonic() + self._busy_pause
             self._hand_over_batch(batch)
             return
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
