@@ -29,7 +29,7 @@ def free_port() -> int:
 def server_process(
     argv: Sequence[str], env: dict[str, str] | None = None
 ) -> Iterator[tuple[str, int]]:
-    """Run ``python -m repoll._cli serve ...`` (or any uvicorn target) until the block ends.
+    """Run ``python -m repoll serve ...`` (or any uvicorn target) until the block ends.
 
     Yields (base URL, pid). Waits for /healthz-or-anything to answer.
     """
@@ -38,7 +38,7 @@ def server_process(
     # server blocks in its first log call.
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "repoll._cli", "serve", "--port", str(port), *argv],
+            [sys.executable, "-m", "repoll", "serve", "--port", str(port), *argv],
             cwd=ROOT,
             env={**os.environ, **(env or {})},
             stdout=subprocess.DEVNULL,

@@ -17,8 +17,8 @@ import httpx
 import requests
 
 import repoll
-from repoll._cli import running_server
-from repoll._demo import create_app
+from repoll.cli._demo import create_app
+from repoll.cli._main import running_server
 
 
 def run(seconds: float) -> list[dict[str, object]]:

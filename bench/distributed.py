@@ -31,7 +31,7 @@ STORES = {
 
 def _spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "repoll._cli", *argv],
+        [sys.executable, "-m", "repoll", *argv],
         cwd=ROOT,
         env={**os.environ, **env},
         stdout=subprocess.DEVNULL,

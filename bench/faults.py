@@ -184,7 +184,7 @@ def _workers(store: Path, workers: int) -> Iterator[tuple[str, subprocess.Popen[
     port = free_port()
     process = subprocess.Popen(
         [
-            *(sys.executable, "-m", "repoll._cli", "serve", "--port", str(port)),
+            *(sys.executable, "-m", "repoll", "serve", "--port", str(port)),
             *("--workers", str(workers), "--store", f"sqlite:///{store}"),
         ],
         cwd=ROOT,

@@ -27,8 +27,8 @@ from starlette.routing import Route
 
 import repoll
 from repoll import OperationStatus
-from repoll._headers import new_operation_id
-from repoll._model import Operation, StoredResponse
+from repoll.core._headers import new_operation_id
+from repoll.core._model import Operation, StoredResponse
 
 from ._common import percentile
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pytest
 from hypothesis import settings
 
-from repoll._cli import running_server
+from repoll.cli._main import running_server
 
 # Locally, property tests explore new inputs on every run; on CI they replay a
 # fixed set, so that a landing never depends on the draw.
@@ -43,7 +43,7 @@ class LiveServer:
 @pytest.fixture(scope="session")
 def live_server(tmp_path_factory) -> Iterator[LiveServer]:
     """The demo app on a loopback port, SQLite store, behind a request counter."""
-    from repoll._demo import create_app
+    from repoll.cli._demo import create_app
 
     store = f"sqlite:///{tmp_path_factory.mktemp('live')}/ops.sqlite3"
     app = create_app(store=store)

@@ -12,7 +12,7 @@ from collections import Counter
 from typing import Any
 
 from repoll import StoreUnavailable
-from repoll._model import Operation
+from repoll.core._model import Operation
 
 
 class FaultyStore:

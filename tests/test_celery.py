@@ -10,7 +10,9 @@ from starlette.requests import Request
 
 import repoll
 from repoll import OperationStatus
-from repoll._celery import (
+from repoll.core._headers import new_operation_id
+from repoll.core._model import Operation
+from repoll.executors._celery import (
     WORKER_ID,
     NotTransferable,
     _claim,
@@ -18,9 +20,7 @@ from repoll._celery import (
     encode_arguments,
     execute,
 )
-from repoll._deferral import endpoint_name
-from repoll._headers import new_operation_id
-from repoll._model import Operation
+from repoll.server._deferral import endpoint_name
 
 
 class Spec(BaseModel):
@@ -70,7 +70,7 @@ def new_operation(**changes) -> Operation:
 
 @pytest.fixture
 async def store(redis_url, redis_prefix):
-    from repoll._redis_store import RedisStore
+    from repoll.stores._redis import RedisStore
 
     backend = RedisStore(redis_url, prefix=redis_prefix)
     await backend.open()

@@ -14,14 +14,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse
 from starlette.routing import Route
 
-from repoll._cli import running_server
+from repoll.cli._main import running_server
 
 pytestmark = pytest.mark.slow
 
 
 def check(url: str, *args: str) -> tuple[int, dict[str, dict]]:
     result = subprocess.run(
-        [sys.executable, "-m", "repoll._cli", "check", "--format", "json", *args, url],
+        [sys.executable, "-m", "repoll", "check", "--format", "json", *args, url],
         capture_output=True,
         text=True,
         timeout=180,

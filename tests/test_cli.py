@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 def repoll(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "repoll._cli", *args],
+        [sys.executable, "-m", "repoll", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -65,7 +65,7 @@ def test_serve_finds_an_app_module_in_the_working_directory(tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     process = subprocess.Popen(
-        [sys.executable, "-m", "repoll._cli", "serve", "myapp:app", "--port", str(port)],
+        [sys.executable, "-m", "repoll", "serve", "myapp:app", "--port", str(port)],
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

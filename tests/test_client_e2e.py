@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "repoll._cli", *args],
+        [sys.executable, "-m", "repoll", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -186,7 +186,7 @@ def test_cli_shows_a_progress_bar_on_a_terminal(live):
         [
             sys.executable,
             "-m",
-            "repoll._cli",
+            "repoll.cli._main",
             "request",
             "--json",
             '{"seconds": 2.5}',

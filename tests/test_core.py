@@ -9,19 +9,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from repoll import _headers as h
-from repoll import _replies as replies
 from repoll._errors import InvalidTransition
-from repoll._headers import Preferences, parse_prefer
-from repoll._model import Operation, StoredResponse, clamp_progress
-from repoll._pacing import (
+from repoll.core import _headers as h
+from repoll.core import _replies as replies
+from repoll.core._headers import Preferences, parse_prefer
+from repoll.core._model import Operation, StoredResponse, clamp_progress
+from repoll.core._pacing import (
     DurationHistory,
     PacingPolicy,
     WorkSnapshot,
     estimate_interval,
     hold_seconds,
 )
-from repoll._status import TRANSITIONS, Event, OperationStatus, finish_event, transition
+from repoll.core._status import TRANSITIONS, Event, OperationStatus, finish_event, transition
 
 NOW = 1_800_000_000.0
 

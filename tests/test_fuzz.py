@@ -15,8 +15,8 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 
-from repoll._cli import running_server
-from repoll._demo import create_app
+from repoll.cli._demo import create_app
+from repoll.cli._main import running_server
 
 pytestmark = pytest.mark.slow
 FUZZ_PRINCIPAL = {"authorization": "Bearer fuzz"}

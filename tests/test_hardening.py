@@ -21,8 +21,8 @@ from tests.faulty import FaultyStore
 
 import repoll
 from repoll import InProcessExecutor, MemoryStore, PacingPolicy, StoreUnavailable
-from repoll._cli import running_server
-from repoll._deferral import DeferrableRequest, RunningOperation
+from repoll.cli._main import running_server
+from repoll.server._deferral import DeferrableRequest, RunningOperation
 
 pytestmark = pytest.mark.anyio
 

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from repoll._headers import (
+from repoll.core._headers import (
     MAX_PREFER_LENGTH,
     InvalidIdempotencyKey,
     parse_idempotency_key,
@@ -22,7 +22,7 @@ from repoll._headers import (
     parse_retry_after,
     parse_retry_after_ms,
 )
-from repoll._origin import is_safe_host, parse_forwarded
+from repoll.core._origin import is_safe_host, parse_forwarded
 
 HOSTILE = [
     "a" * 100_000 + '"',

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 import repoll
 from repoll import MemoryStore, PacingPolicy
-from repoll._headers import InvalidIdempotencyKey, parse_idempotency_key
+from repoll.core._headers import InvalidIdempotencyKey, parse_idempotency_key
 
 FAST = PacingPolicy(min_interval=0.05, default_interval=0.1, min_hold=0.2, max_hold=5)
 

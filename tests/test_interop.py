@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 import repoll
 from repoll import PollOptions
-from repoll._cli import running_server
+from repoll.cli._main import running_server
 
 pytestmark = pytest.mark.slow
 

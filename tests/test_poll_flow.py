@@ -7,7 +7,7 @@ import random
 import pytest
 
 from repoll import PollingTimeout
-from repoll._poll import (
+from repoll.core._poll import (
     Observed,
     Poll,
     PollOptions,

@@ -23,7 +23,7 @@ import pytest
 import requests
 
 import repoll
-from repoll._cli import running_server
+from repoll.cli._main import running_server
 
 pytestmark = pytest.mark.slow
 BACKEND_HOST = "backend.internal:8000"
@@ -104,7 +104,7 @@ class RewritingProxy:
 
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory) -> Iterator[str]:
-    from repoll._demo import create_app
+    from repoll.cli._demo import create_app
 
     app = create_app(store=f"sqlite:///{tmp_path_factory.mktemp('proxy')}/ops.sqlite3")
     with running_server(app) as url:

@@ -30,7 +30,7 @@ def start_server(store: str, port: int, *options: str) -> subprocess.Popen:
     log = tempfile.TemporaryFile()  # noqa: SIM115 - closed with the process
     process = subprocess.Popen(
         [
-            *(sys.executable, "-m", "repoll._cli", "serve"),
+            *(sys.executable, "-m", "repoll", "serve"),
             *("--port", str(port), "--store", store, *options),
         ],
         stdout=subprocess.DEVNULL,

@@ -7,14 +7,14 @@ from starlette.requests import HTTPConnection
 from starlette.routing import Mount, Route, Router
 
 import repoll
-from repoll._admission import Admission, quota_key
-from repoll._model import Operation, StoredResponse
-from repoll._origin import LOOPBACK, Forwarded, TrustedProxies, operation_url, parse_forwarded
-from repoll._principal import PrincipalDigests, default_principal
-from repoll._profiles import needs_absolute_location
-from repoll._replies import cors_headers, final
-from repoll._routes import ALWAYS, MAYBE, NEVER, RouteTable
-from repoll._status import OperationStatus
+from repoll.core._admission import Admission, quota_key
+from repoll.core._model import Operation, StoredResponse
+from repoll.core._origin import LOOPBACK, Forwarded, TrustedProxies, operation_url, parse_forwarded
+from repoll.core._profiles import needs_absolute_location
+from repoll.core._replies import cors_headers, final
+from repoll.core._status import OperationStatus
+from repoll.server._principal import PrincipalDigests, default_principal
+from repoll.server._routes import ALWAYS, MAYBE, NEVER, RouteTable
 
 # --- admission ---------------------------------------------------------------------
 
@@ -223,7 +223,7 @@ def test_a_wildcard_cors_list_never_allows_credentials():
 def test_an_outage_is_logged_once_not_per_failure(caplog):
     import logging
 
-    from repoll._outage_log import OutageLog
+    from repoll.server._outage_log import OutageLog
 
     log = OutageLog(every=3600)
     with caplog.at_level(logging.WARNING, logger="repoll"):

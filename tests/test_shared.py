@@ -11,8 +11,8 @@ from fastapi import FastAPI
 
 import repoll
 from repoll import OperationStatus, PacingPolicy
-from repoll._headers import new_operation_id
-from repoll._model import Operation
+from repoll.core._headers import new_operation_id
+from repoll.core._model import Operation
 
 pytestmark = pytest.mark.anyio
 FAST = PacingPolicy(min_interval=0.05, default_interval=0.1, min_hold=0.2, max_hold=10)
@@ -20,12 +20,12 @@ FAST = PacingPolicy(min_interval=0.05, default_interval=0.1, min_hold=0.2, max_h
 
 def make_store(kind, request):
     if kind == "redis":
-        from repoll._redis_store import RedisStore
+        from repoll.stores._redis import RedisStore
 
         return RedisStore(
             request.getfixturevalue("redis_url"), prefix=request.getfixturevalue("redis_prefix")
         )
-    from repoll._postgres_store import PostgresStore
+    from repoll.stores._postgres import PostgresStore
 
     return PostgresStore(request.getfixturevalue("postgres_url"))
 

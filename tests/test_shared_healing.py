@@ -86,7 +86,7 @@ async def _settle_subscriptions(b: Instance, seconds: float = 1.0) -> None:
 async def test_redis_killed_subscriptions_heal(redis_url, redis_prefix):
     import redis.asyncio as aioredis
 
-    from repoll._redis_store import RedisStore
+    from repoll.stores._redis import RedisStore
 
     name = f"repoll-heal-{uuid.uuid4().hex[:10]}"
     gate = asyncio.Event()
@@ -119,7 +119,7 @@ async def test_redis_killed_subscriptions_heal(redis_url, redis_prefix):
 async def test_postgres_terminated_listen_connections_heal(postgres_url):
     import psycopg
 
-    from repoll._postgres_store import PostgresStore
+    from repoll.stores._postgres import PostgresStore
 
     name = f"repoll-heal-{uuid.uuid4().hex[:10]}"
     gate = asyncio.Event()
@@ -146,7 +146,7 @@ async def test_postgres_terminated_listen_connections_heal(postgres_url):
 
 
 async def test_a_redis_restart_under_two_instances_heals(redis_server, tmp_path):
-    from repoll._redis_store import RedisStore
+    from repoll.stores._redis import RedisStore
 
     # This Redis keeps its data on disk, so operations outlive its restart.
     redis_server.persist_in = str(tmp_path)
@@ -175,7 +175,7 @@ async def test_a_redis_restart_under_two_instances_heals(redis_server, tmp_path)
 
 
 async def test_an_outcome_waits_out_an_outage_of_the_store(redis_url, redis_prefix, proxy_factory):
-    from repoll._redis_store import RedisStore
+    from repoll.stores._redis import RedisStore
 
     port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
     relay = await proxy_factory(port)
@@ -208,7 +208,7 @@ async def test_an_outcome_waits_out_an_outage_of_the_store(redis_url, redis_pref
 async def test_an_instance_cut_off_from_the_store_is_taken_for_dead(
     redis_url, redis_prefix, proxy_factory
 ):
-    from repoll._redis_store import RedisStore
+    from repoll.stores._redis import RedisStore
 
     port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
     relay = await proxy_factory(port)

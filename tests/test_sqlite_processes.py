@@ -17,9 +17,9 @@ import time
 import pytest
 
 from repoll import OperationStatus, SQLiteStore, StoredResponse
-from repoll._headers import new_operation_id
-from repoll._model import Operation
-from repoll._status import Event
+from repoll.core._headers import new_operation_id
+from repoll.core._model import Operation
+from repoll.core._status import Event
 
 pytestmark = pytest.mark.anyio
 
@@ -53,9 +53,9 @@ if mode == "recovery-lock":
     sys.exit()
 
 from repoll import OperationStatus, SQLiteStore, StoredResponse
-from repoll._headers import new_operation_id
-from repoll._model import Operation
-from repoll._status import Event
+from repoll.core._headers import new_operation_id
+from repoll.core._model import Operation
+from repoll.core._status import Event
 
 
 def running():

@@ -16,10 +16,10 @@ import time
 import pytest
 
 from repoll import OperationStatus, SQLiteStore, StoredResponse
-from repoll._headers import new_operation_id
-from repoll._model import Operation
-from repoll._status import Event
-from repoll._store import update_operation
+from repoll.core._headers import new_operation_id
+from repoll.core._model import Operation
+from repoll.core._status import Event
+from repoll.stores._store import update_operation
 
 pytestmark = pytest.mark.anyio
 NOW = 1_800_000_000.0

@@ -9,10 +9,10 @@ import pytest
 
 from repoll import MemoryStore, OperationStatus, SQLiteStore, Store, StoredResponse
 from repoll._errors import DuplicateOperation
-from repoll._headers import new_operation_id
-from repoll._model import Operation
-from repoll._status import Event
-from repoll._store import store_from_url, update_operation
+from repoll.core._headers import new_operation_id
+from repoll.core._model import Operation
+from repoll.core._status import Event
+from repoll.stores._store import store_from_url, update_operation
 
 pytestmark = pytest.mark.anyio
 NOW = 1_800_000_000.0
@@ -24,11 +24,11 @@ def _backend(kind: str, request, tmp_path) -> Store:
     if kind == "sqlite":
         return SQLiteStore(tmp_path / "s.db")
     if kind == "redis":
-        from repoll._redis_store import RedisStore
+        from repoll.stores._redis import RedisStore
 
         url = request.getfixturevalue("redis_url")
         return RedisStore(url, prefix=request.getfixturevalue("redis_prefix"))
-    from repoll._postgres_store import PostgresStore
+    from repoll.stores._postgres import PostgresStore
 
     return PostgresStore(request.getfixturevalue("postgres_url"))
 

@@ -22,9 +22,9 @@ from tests.services import with_port, with_query
 
 from repoll import OperationStatus
 from repoll._errors import StoreUnavailable
-from repoll._headers import new_operation_id
-from repoll._model import Operation
-from repoll._status import Event
+from repoll.core._headers import new_operation_id
+from repoll.core._model import Operation
+from repoll.core._status import Event
 
 pytestmark = pytest.mark.anyio
 NOW = 1_800_000_000.0
@@ -96,7 +96,7 @@ async def wait_until(condition: Callable[[], bool], within: float = 5.0) -> None
 
 
 async def test_redis_subscription_survives_a_server_restart(redis_server):
-    from repoll._redis_store import RedisStore
+    from repoll.stores._redis import RedisStore
 
     listener = RedisStore(redis_server.url)
     sender = RedisStore(redis_server.url)
@@ -126,7 +126,7 @@ async def test_redis_subscription_survives_a_server_restart(redis_server):
 
 
 async def test_redis_subscribe_fails_while_the_server_is_down(redis_server):
-    from repoll._redis_store import RedisStore
+    from repoll.stores._redis import RedisStore
 
     store = RedisStore(redis_server.url)
     await store.open()
@@ -140,7 +140,7 @@ async def test_redis_subscribe_fails_while_the_server_is_down(redis_server):
 
 
 async def test_redis_close_while_reconnecting_is_prompt_and_leaves_nothing(redis_server, caplog):
-    from repoll._redis_store import RedisStore
+    from repoll.stores._redis import RedisStore
 
     store = RedisStore(redis_server.url)
     await store.open()
@@ -165,7 +165,7 @@ async def test_redis_close_while_reconnecting_is_prompt_and_leaves_nothing(redis
 async def test_redis_subscription_survives_a_killed_connection(redis_url, redis_prefix):
     import redis.asyncio as aioredis
 
-    from repoll._redis_store import RedisStore
+    from repoll.stores._redis import RedisStore
 
     # A client name of our own, so that only this test's connection is killed.
     name = f"repoll-test-{uuid.uuid4().hex[:12]}"
@@ -201,7 +201,7 @@ async def test_redis_subscription_survives_a_killed_connection(redis_url, redis_
 async def test_redis_subscription_notices_a_silent_connection(
     redis_url, redis_prefix, proxy_factory
 ):
-    from repoll._redis_store import RedisStore
+    from repoll.stores._redis import RedisStore
 
     proxy = await proxy_factory(urlsplit(redis_url).port or 6379)
     listener = RedisStore(
@@ -227,7 +227,7 @@ async def test_redis_subscription_notices_a_silent_connection(
 async def test_redis_a_failing_handler_does_not_end_the_subscription(
     redis_url, redis_prefix, caplog
 ):
-    from repoll._redis_store import RedisStore
+    from repoll.stores._redis import RedisStore
 
     recorder = Recorder()
 
@@ -252,7 +252,7 @@ async def test_redis_a_failing_handler_does_not_end_the_subscription(
 async def test_redis_secret_is_one_per_prefix(redis_url, redis_prefix):
     import redis.asyncio as aioredis
 
-    from repoll._redis_store import RedisStore
+    from repoll.stores._redis import RedisStore
 
     other_prefix = f"repoll-test-{uuid.uuid4().hex[:12]}:"
     stores = [
@@ -314,7 +314,7 @@ def named(postgres_url: str) -> tuple[str, str]:
 
 
 async def test_postgres_subscription_survives_a_terminated_listen_connection(postgres_url):
-    from repoll._postgres_store import PostgresStore
+    from repoll.stores._postgres import PostgresStore
 
     url, name = named(postgres_url)
     listener = PostgresStore(url)
@@ -343,7 +343,7 @@ async def test_postgres_subscription_survives_a_terminated_listen_connection(pos
 
 
 async def test_postgres_pool_hands_out_no_terminated_connection(postgres_url):
-    from repoll._postgres_store import PostgresStore
+    from repoll.stores._postgres import PostgresStore
 
     url, name = named(postgres_url)
     store = PostgresStore(url, min_size=2)
@@ -360,7 +360,7 @@ async def test_postgres_pool_hands_out_no_terminated_connection(postgres_url):
 
 
 async def test_postgres_subscription_notices_a_silent_connection(postgres_url, proxy_factory):
-    from repoll._postgres_store import PostgresStore
+    from repoll.stores._postgres import PostgresStore
 
     proxy = await proxy_factory(urlsplit(postgres_url).port or 5432)
     listener = PostgresStore(with_port(postgres_url, proxy.port), health_interval=0.2)
@@ -384,7 +384,7 @@ async def test_postgres_subscription_notices_a_silent_connection(postgres_url, p
 async def test_postgres_subscribe_fails_while_the_server_is_out_of_reach(
     postgres_url, proxy_factory
 ):
-    from repoll._postgres_store import PostgresStore
+    from repoll.stores._postgres import PostgresStore
 
     proxy = await proxy_factory(urlsplit(postgres_url).port or 5432)
     store = PostgresStore(with_port(postgres_url, proxy.port))
@@ -401,7 +401,7 @@ async def test_postgres_subscribe_fails_while_the_server_is_out_of_reach(
 async def test_postgres_close_while_reconnecting_is_prompt_and_leaves_nothing(
     postgres_url, proxy_factory, caplog
 ):
-    from repoll._postgres_store import PostgresStore
+    from repoll.stores._postgres import PostgresStore
 
     proxy = await proxy_factory(urlsplit(postgres_url).port or 5432)
     store = PostgresStore(with_port(postgres_url, proxy.port))
@@ -424,7 +424,7 @@ async def test_postgres_close_while_reconnecting_is_prompt_and_leaves_nothing(
 async def test_postgres_secret_is_one_per_schema(postgres_url):
     import psycopg
 
-    from repoll._postgres_store import PostgresStore
+    from repoll.stores._postgres import PostgresStore
 
     other_schema = f"repoll_test_{uuid.uuid4().hex[:12]}"
     async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as admin:

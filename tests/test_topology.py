@@ -41,7 +41,7 @@ class Topology:
             [
                 sys.executable,
                 "-m",
-                "repoll._cli",
+                "repoll.cli._main",
                 "serve",
                 "--port",
                 str(port),
@@ -69,7 +69,7 @@ class Topology:
             [
                 sys.executable,
                 "-m",
-                "repoll._cli",
+                "repoll.cli._main",
                 "worker",
                 "--broker",
                 BROKER,

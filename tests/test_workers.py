@@ -158,7 +158,7 @@ def test_delete_reaches_the_worker_doing_the_work(served):
 def test_private_stores_are_refused_with_several_workers(tmp_path):
     for store in ("memory://", "sqlite://"):
         result = subprocess.run(
-            [sys.executable, "-m", "repoll._cli", "serve", "--workers", "2", "--store", store],
+            [sys.executable, "-m", "repoll", "serve", "--workers", "2", "--store", store],
             capture_output=True,
             text=True,
             timeout=30,

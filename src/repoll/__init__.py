@@ -27,33 +27,33 @@ from ._errors import (
     RepollError,
     StoreUnavailable,
 )
-from ._executor import Executor, InProcessExecutor
-from ._headers import Preferences, parse_prefer, parse_retry_after, parse_retry_after_ms
-from ._model import Operation, StoredResponse
-from ._pacing import PacingPolicy
-from ._poll import Hop, PollOptions
-from ._status import OperationStatus
-from ._store import MemoryStore, Store
 from ._testing import is_testing, set_testing, testing
+from .core._headers import Preferences, parse_prefer, parse_retry_after, parse_retry_after_ms
+from .core._model import Operation, StoredResponse
+from .core._pacing import PacingPolicy
+from .core._poll import Hop, PollOptions
+from .core._status import OperationStatus
+from .executors._in_process import Executor, InProcessExecutor
+from .stores._store import MemoryStore, Store
 
 if TYPE_CHECKING:
-    from ._celery import CeleryExecutor
-    from ._deferral import (
+    from .clients._handle import AsyncOperationHandle, OperationHandle
+    from .clients._httpx import AsyncPollingTransport, PollingTransport
+    from .clients._requests import PollingAdapter
+    from .executors._celery import CeleryExecutor
+    from .server._deferral import (
         RunningOperation,
         current_operation,
         defer,
         deferred,
         report_progress,
     )
-    from ._handle import AsyncOperationHandle, OperationHandle
-    from ._httpx import AsyncPollingTransport, PollingTransport
-    from ._install import install
-    from ._middleware import PollingMiddleware
-    from ._principal import cookie_principal
-    from ._requests import PollingAdapter
-    from ._routes import deferrable
-    from ._server import PollingServer
-    from ._sqlite_store import SQLiteStore
+    from .server._engine import PollingServer
+    from .server._install import install
+    from .server._middleware import PollingMiddleware
+    from .server._principal import cookie_principal
+    from .server._routes import deferrable
+    from .stores._sqlite import SQLiteStore
 
 __version__ = "0.1.0"
 
@@ -110,23 +110,23 @@ __all__ = [
 
 # Names whose modules import optional dependencies: loaded on first use.
 _LAZY: dict[str, str] = {
-    "CeleryExecutor": "._celery",
-    "AsyncOperationHandle": "._handle",
-    "OperationHandle": "._handle",
-    "PollingAdapter": "._requests",
-    "AsyncPollingTransport": "._httpx",
-    "PollingTransport": "._httpx",
-    "install": "._install",
-    "PollingMiddleware": "._middleware",
-    "PollingServer": "._server",
-    "RunningOperation": "._deferral",
-    "cookie_principal": "._principal",
-    "current_operation": "._deferral",
-    "defer": "._deferral",
-    "deferrable": "._routes",
-    "deferred": "._deferral",
-    "report_progress": "._deferral",
-    "SQLiteStore": "._sqlite_store",
+    "CeleryExecutor": ".executors._celery",
+    "AsyncOperationHandle": ".clients._handle",
+    "OperationHandle": ".clients._handle",
+    "PollingAdapter": ".clients._requests",
+    "AsyncPollingTransport": ".clients._httpx",
+    "PollingTransport": ".clients._httpx",
+    "install": ".server._install",
+    "PollingMiddleware": ".server._middleware",
+    "PollingServer": ".server._engine",
+    "RunningOperation": ".server._deferral",
+    "cookie_principal": ".server._principal",
+    "current_operation": ".server._deferral",
+    "defer": ".server._deferral",
+    "deferrable": ".server._routes",
+    "deferred": ".server._deferral",
+    "report_progress": ".server._deferral",
+    "SQLiteStore": ".stores._sqlite",
 }
 
 

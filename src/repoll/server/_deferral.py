@@ -31,10 +31,10 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast, overload
 
-from . import _replies as replies
-from ._admission import quota_key
-from ._errors import DuplicateOperation, NotDeferrableError, OperationCanceled, StoreUnavailable
-from ._headers import (
+from .._errors import DuplicateOperation, NotDeferrableError, OperationCanceled, StoreUnavailable
+from ..core import _replies as replies
+from ..core._admission import quota_key
+from ..core._headers import (
     IDEMPOTENCY_KEY,
     InvalidIdempotencyKey,
     Preferences,
@@ -42,13 +42,13 @@ from ._headers import (
     new_operation_id,
     parse_idempotency_key,
 )
-from ._model import Operation, StoredResponse, clamp_progress
+from ..core._model import Operation, StoredResponse, clamp_progress
+from ..core._status import Event, OperationStatus
 from ._routes import DEFERRED_MARK
 from ._scope import ASGIApp, Message, Receive, Scope, Send, first_header
-from ._status import Event, OperationStatus
 
 if TYPE_CHECKING:
-    from ._server import PollingServer
+    from ._engine import PollingServer
 
 
 P = ParamSpec("P")

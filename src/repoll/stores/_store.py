@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-from ._errors import DuplicateOperation
-from ._model import Operation
+from .._errors import DuplicateOperation
+from ..core._model import Operation
 
 
 @runtime_checkable
@@ -226,7 +226,7 @@ def store_from_url(url: str) -> Store:
     if url in {"memory", "memory://"}:
         return MemoryStore()
     if url.startswith(("redis://", "rediss://", "unix://")):
-        from ._redis_store import RedisStore  # noqa: PLC0415 - loaded only when chosen
+        from ._redis import RedisStore  # noqa: PLC0415 - loaded only when chosen
 
         # ?prefix=NAME: (not a redis-py option) namespaces the keys.
         base, _, query = url.partition("?")
@@ -235,11 +235,11 @@ def store_from_url(url: str) -> Store:
         rest = "&".join(f"{k}={v}" for k, v in params.items())
         return RedisStore(f"{base}?{rest}" if rest else base, prefix=prefix)
     if url.startswith(("postgresql://", "postgres://")):
-        from ._postgres_store import PostgresStore  # noqa: PLC0415 - loaded only when chosen
+        from ._postgres import PostgresStore  # noqa: PLC0415 - loaded only when chosen
 
         return PostgresStore(url)
     if url.startswith("sqlite://"):
-        from ._sqlite_store import SQLiteStore  # noqa: PLC0415 - loaded only when chosen
+        from ._sqlite import SQLiteStore  # noqa: PLC0415 - loaded only when chosen
 
         path = url.removeprefix("sqlite://").removeprefix("/") or ":memory:"
         return SQLiteStore(path)

@@ -36,21 +36,21 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._errors import require
+from .._errors import require
 
 require("celery", "celery")
 
 import celery  # noqa: E402 - after the extra check, for its clear message
 from pydantic import TypeAdapter  # noqa: E402
 
-from . import _replies as replies  # noqa: E402
-from ._errors import OperationCanceled, RepollError  # noqa: E402
-from ._model import Operation, StoredResponse, clamp_progress  # noqa: E402
-from ._status import Event, OperationStatus, finish_event  # noqa: E402
-from ._store import Store, store_from_url, update_operation  # noqa: E402
+from .._errors import OperationCanceled, RepollError  # noqa: E402
+from ..core import _replies as replies  # noqa: E402
+from ..core._model import Operation, StoredResponse, clamp_progress  # noqa: E402
+from ..core._status import Event, OperationStatus, finish_event  # noqa: E402
+from ..stores._store import Store, store_from_url, update_operation  # noqa: E402
 
 if TYPE_CHECKING:
-    from ._deferral import RunningOperation
+    from ..server._deferral import RunningOperation
 
 logger = logging.getLogger("repoll")
 T = TypeVar("T")
@@ -340,7 +340,7 @@ async def execute(
     payload: dict[str, Any], *, rerun: bool = False, runtime: WorkerRuntime | None = None
 ) -> None:
     """Run one operation on this worker and store its outcome."""
-    from ._deferral import ENDPOINTS, _current_operation  # noqa: PLC0415 - avoid a cycle
+    from ..server._deferral import ENDPOINTS, _current_operation  # noqa: PLC0415 - avoid a cycle
 
     if runtime is not None:
         store = await runtime.store_for(payload)

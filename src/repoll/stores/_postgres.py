@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ._errors import require
+from .._errors import require
 
 require("psycopg", "postgres")
 require("psycopg_pool", "postgres")
@@ -36,8 +36,8 @@ from psycopg import errors as pg_errors  # noqa: E402
 from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: E402
 from psycopg_pool import AsyncConnectionPool, PoolTimeout  # noqa: E402
 
-from ._errors import DuplicateOperation, StoreUnavailable  # noqa: E402
-from ._model import Operation, decode_row, encode_row  # noqa: E402
+from .._errors import DuplicateOperation, StoreUnavailable  # noqa: E402
+from ..core._model import Operation, decode_row, encode_row  # noqa: E402
 from ._resubscribe import Resubscriber, deliver  # noqa: E402
 
 logger = logging.getLogger("repoll")

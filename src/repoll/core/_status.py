@@ -25,7 +25,7 @@ from __future__ import annotations
 import enum
 from typing import Final
 
-from ._errors import InvalidTransition
+from .._errors import InvalidTransition
 
 
 class OperationStatus(enum.StrEnum):

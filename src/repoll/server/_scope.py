@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from ._headers import Preferences
+from ..core._headers import Preferences
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -21,7 +21,7 @@ import inspect
 from collections.abc import Callable, MutableMapping, Sequence
 from typing import Any, Final, TypeVar
 
-from ._errors import require
+from .._errors import require
 
 require("starlette", "server")
 

@@ -13,8 +13,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .._errors import OperationCanceled
 from . import _headers as h
-from ._errors import OperationCanceled
 from ._headers import Preferences
 from ._model import Operation, StoredResponse
 from ._status import Event, OperationStatus

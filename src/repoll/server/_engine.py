@@ -34,22 +34,19 @@ import uuid
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from ._errors import require
+from .._errors import require
 
 require("starlette", "server")
 
 from starlette.requests import HTTPConnection
 
-from . import _replies as replies
-from ._admission import Admission
-from ._errors import InvalidTransition, StoreUnavailable
-from ._executor import Executor, InProcessExecutor
-from ._headers import Preferences, is_valid_operation_id
-from ._holds import Holds
-from ._model import Operation, StoredResponse
-from ._origin import LOOPBACK, OperationUrls, TrustedProxies
-from ._outage_log import OutageLog
-from ._pacing import (
+from .._errors import InvalidTransition, StoreUnavailable
+from ..core import _replies as replies
+from ..core._admission import Admission
+from ..core._headers import Preferences, is_valid_operation_id
+from ..core._model import Operation, StoredResponse
+from ..core._origin import LOOPBACK, OperationUrls, TrustedProxies
+from ..core._pacing import (
     DurationHistory,
     PacingPolicy,
     WorkSnapshot,
@@ -57,10 +54,13 @@ from ._pacing import (
     hold_seconds,
     refusal_interval,
 )
+from ..core._status import Event, OperationStatus, finish_event
+from ..executors._in_process import Executor, InProcessExecutor
+from ..stores._store import Store, store_from_url, update_operation
+from ._holds import Holds
+from ._outage_log import OutageLog
 from ._principal import PrincipalDigests, PrincipalFunction, default_principal
 from ._scope import Receive, Scope, first_header, wants_page
-from ._status import Event, OperationStatus, finish_event
-from ._store import Store, store_from_url, update_operation
 
 if TYPE_CHECKING:
     from ._deferral import RunningOperation

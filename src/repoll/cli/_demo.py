@@ -11,7 +11,7 @@ import time
 from typing import Any
 from urllib.parse import parse_qs
 
-from ._errors import require
+from .._errors import require
 
 require("fastapi", "cli")
 
@@ -25,12 +25,12 @@ from pydantic import (  # noqa: E402
     ValidationError,
 )
 
-from ._deferral import defer, deferred, report_progress  # noqa: E402
-from ._executor import InProcessExecutor  # noqa: E402
-from ._headers import PROBLEM_JSON  # noqa: E402
-from ._install import install  # noqa: E402
-from ._routes import deferrable  # noqa: E402
-from ._server import PollingServer  # noqa: E402
+from ..core._headers import PROBLEM_JSON  # noqa: E402
+from ..executors._in_process import InProcessExecutor  # noqa: E402
+from ..server._deferral import defer, deferred, report_progress  # noqa: E402
+from ..server._engine import PollingServer  # noqa: E402
+from ..server._install import install  # noqa: E402
+from ..server._routes import deferrable  # noqa: E402
 
 
 class WorkRequest(BaseModel):
@@ -119,7 +119,7 @@ def create_app(store: Any = None, **options: Any) -> FastAPI:
     concurrency = os.environ.get("REPOLL_CONCURRENCY")
     broker = os.environ.get("REPOLL_BROKER")
     if broker and "executor" not in options:
-        from ._celery import CeleryExecutor  # noqa: PLC0415 - the celery extra, when asked
+        from ..executors._celery import CeleryExecutor  # noqa: PLC0415 - the celery extra, when asked
 
         options["executor"] = CeleryExecutor(
             broker=broker, queue=os.environ.get("REPOLL_QUEUE", "repoll")

@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ._admission import Admission
-from ._model import Operation
+from ..core._admission import Admission
+from ..core._model import Operation
+from ..stores._store import Store
 from ._scope import Receive, until_disconnect
-from ._store import Store
 
 
 class Notifier:

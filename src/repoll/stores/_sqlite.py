@@ -25,8 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ._errors import DuplicateOperation, StoreUnavailable
-from ._model import Operation, decode_row, encode_row
+from .._errors import DuplicateOperation, StoreUnavailable
+from ..core._model import Operation, decode_row, encode_row
 from ._owner_locks import OwnerLocks
 from ._sqlite_watch import Watcher
 from ._sqlite_writer import LoopWriter, ThreadWriter

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Generator
 from typing import TypeVar
 
-from . import _testing
-from ._poll import Action, Observed, Sleep
+from .. import _testing
+from ..core._poll import Action, Observed, Sleep
 
 A = TypeVar("A")  # what the flow asks to send
 R = TypeVar("R")  # what sending gives back

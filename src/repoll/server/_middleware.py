@@ -7,7 +7,7 @@ doing anything else:
   a CORS preflight or the browser module, answered by the server engine;
 * a request that may reach a deferrable endpoint (per the app's routes when
   ``install`` gave them, else every request): run through
-  :class:`~repoll._deferral.DeferrableRequest`;
+  :class:`~repoll.server._deferral.DeferrableRequest`;
 * anything else: passed to the app as it came, at no cost.
 
 Every request that waits (a held poll, a start with ``Prefer: wait``, a
@@ -27,14 +27,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ._errors import require
+from .._errors import require
 
 require("starlette", "server")
 
-from . import _replies as replies
+from .._errors import StoreUnavailable
+from ..core import _replies as replies
+from ..core._headers import PREFER, Preferences, parse_prefer
 from ._deferral import DeferrableRequest, DeferralAborted, RunningOperation, send_reply
-from ._errors import StoreUnavailable
-from ._headers import PREFER, Preferences, parse_prefer
+from ._engine import PollingServer
 from ._routes import ALWAYS, MAYBE, NEVER, RouteTable
 from ._scope import (
     ASGIApp,
@@ -46,7 +47,6 @@ from ._scope import (
     header_values,
     until_disconnect,
 )
-from ._server import PollingServer
 
 logger = logging.getLogger("repoll")
 
@@ -57,7 +57,7 @@ _STREAM_REFRESH = 0.5
 
 @functools.cache
 def _client_module_reply() -> replies.Reply:
-    source = importlib.resources.files("repoll").joinpath("static/repoll.js").read_bytes()
+    source = importlib.resources.files("repoll.server").joinpath("static/repoll.js").read_bytes()
     return replies.Reply(
         200,
         [("content-type", "text/javascript; charset=utf-8"), ("cache-control", "max-age=3600")],

@@ -15,9 +15,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from ._errors import MissingExtraError, require
+from .._errors import MissingExtraError, require
 
-DEMO_APP = "repoll._demo:create_app"
+DEMO_APP = "repoll.cli._demo:create_app"
 
 
 def _free_port(host: str) -> int:
@@ -70,9 +70,9 @@ def demo(seconds: float, *, fail: bool, long_poll: float | None, out: TextIO = s
     require("httpx", "cli")
     import httpx  # noqa: PLC0415
 
+    from ..clients._httpx import PollingTransport  # noqa: PLC0415
+    from ..core._poll import PollOptions  # noqa: PLC0415
     from ._demo import create_app  # noqa: PLC0415
-    from ._httpx import PollingTransport  # noqa: PLC0415
-    from ._poll import PollOptions  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="repoll-demo-") as tmp:
         store = f"sqlite:///{Path(tmp) / 'operations.sqlite3'}"
@@ -180,7 +180,7 @@ def worker(args: argparse.Namespace) -> int:
     require("celery", "celery")
     import importlib  # noqa: PLC0415
 
-    from ._celery import run_worker  # noqa: PLC0415
+    from ..executors._celery import run_worker  # noqa: PLC0415
 
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -272,9 +272,9 @@ def request_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     require("httpx", "client")
     import httpx  # noqa: PLC0415
 
-    from ._errors import OperationError, PollingTimeout, ProtocolError  # noqa: PLC0415
-    from ._handle import OperationHandle  # noqa: PLC0415
-    from ._poll import PollOptions  # noqa: PLC0415
+    from .._errors import OperationError, PollingTimeout, ProtocolError  # noqa: PLC0415
+    from ..clients._handle import OperationHandle  # noqa: PLC0415
+    from ..core._poll import PollOptions  # noqa: PLC0415
 
     try:
         headers = _headers_from(args.header)
@@ -460,7 +460,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

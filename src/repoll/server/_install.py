@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._errors import require
 from ._deferral import is_deferred
-from ._errors import require
+from ._engine import PollingServer
 from ._middleware import PollingMiddleware
-from ._server import PollingServer
 
 _STATUS_SCHEMA: dict[str, Any] = {
     "title": "OperationStatus",

@@ -14,14 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urljoin
 
-from ._errors import require
+from .._errors import require
 
 require("httpx", "client")
 
 import httpx  # noqa: E402 - after the extra check, for its clear message
 
-from . import _headers as h  # noqa: E402
-from ._poll import same_origin  # noqa: E402
+from ..core import _headers as h  # noqa: E402
+from ..core._poll import same_origin  # noqa: E402
 
 TERMINAL = {"succeeded", "failed", "canceled"}
 PENDING = {"queued", "running"}

@@ -20,21 +20,20 @@ import time
 from collections.abc import Generator
 from typing import Any, TypeVar
 
-from ._errors import require
+from .._errors import require
 
 require("httpx", "client")
 
 import httpx  # noqa: E402 - after the extra check, for its clear message
 
-from . import _headers as h  # noqa: E402
-from ._errors import (  # noqa: E402
+from .._errors import (  # noqa: E402
     OperationCanceled,
     OperationExpired,
     OperationFailed,
     OperationNotFound,
 )
-from ._httpx import CREDENTIAL_HEADERS, PASSTHROUGH_EXTENSION, observe, observe_error  # noqa: E402
-from ._poll import (  # noqa: E402
+from ..core import _headers as h  # noqa: E402
+from ..core._poll import (  # noqa: E402
     Observed,
     PollOptions,
     Sleep,
@@ -43,8 +42,9 @@ from ._poll import (  # noqa: E402
     poll_flow,
     same_origin,
 )
+from ..core._status import OperationStatus  # noqa: E402
+from ._httpx import CREDENTIAL_HEADERS, PASSTHROUGH_EXTENSION, observe, observe_error  # noqa: E402
 from ._runners import adrive, drive  # noqa: E402
-from ._status import OperationStatus  # noqa: E402
 
 T = TypeVar("T")
 _PASSTHROUGH = {PASSTHROUGH_EXTENSION: True}

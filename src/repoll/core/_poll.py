@@ -45,8 +45,8 @@ from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
+from .._errors import CrossOriginError, OperationError, PollingTimeout, ProtocolError
 from . import _headers as h
-from ._errors import CrossOriginError, OperationError, PollingTimeout, ProtocolError
 from ._status import OperationStatus
 
 _TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})

@@ -7,14 +7,14 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from ._errors import require
+from .._errors import require
 
 require("requests", "requests")
 
 import requests  # noqa: E402 - after the extra check, for its clear message
 from requests.adapters import HTTPAdapter  # noqa: E402
 
-from ._poll import (  # noqa: E402
+from ..core._poll import (  # noqa: E402
     Hop,
     Observed,
     Poll,

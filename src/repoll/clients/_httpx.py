@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from ._errors import require
+from .._errors import require
 
 require("httpx", "client")
 
 import httpx  # noqa: E402 - after the extra check, for its clear message
 
-from ._poll import (  # noqa: E402
+from ..core._poll import (  # noqa: E402
     Hop,
     Observed,
     Poll,

@@ -21,7 +21,7 @@ import hmac
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-from ._errors import require
+from .._errors import require
 
 require("starlette", "server")
 

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
-from ._errors import require
+from .._errors import require
 
 require("redis", "redis")
 
@@ -47,8 +47,8 @@ from redis.backoff import NoBackoff  # noqa: E402
 from redis.exceptions import ConnectionError as RedisConnectionError  # noqa: E402
 from redis.exceptions import RedisError, TimeoutError  # noqa: E402
 
-from ._errors import DuplicateOperation, StoreUnavailable  # noqa: E402
-from ._model import Operation, decode_row, encode_row  # noqa: E402
+from .._errors import DuplicateOperation, StoreUnavailable  # noqa: E402
+from ..core._model import Operation, decode_row, encode_row  # noqa: E402
 from ._resubscribe import Resubscriber, deliver  # noqa: E402
 
 logger = logging.getLogger("repoll")

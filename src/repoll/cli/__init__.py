@@ -1,0 +1,1 @@
+"""The ``repoll`` command: ``demo``, ``serve``, ``worker``, ``request``, ``wait``, ``check``."""

@@ -1,0 +1,1 @@
+"""Where deferred work runs: in the server's process, or on Celery workers."""
