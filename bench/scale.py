@@ -87,9 +87,11 @@ async def held_polls(count: int, store: str) -> dict[str, object]:
         app,
         store=store,
         executor=repoll.InProcessExecutor(concurrency=count),
-        max_held_polls=count,
-        max_operations=count,
-        max_operations_per_principal=count,
+        limits=repoll.Limits(
+            max_held_polls=count,
+            max_operations=count,
+            max_operations_per_principal=count,
+        ),
     )
     locations = [_location(await _call(app, "POST", "/gated")) for _ in range(count)]
 

@@ -18,7 +18,9 @@ from repoll.core._model import Operation
 class FaultyStore:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
-        self.shared = inner.shared
+        # A SharedStore when the inner one is shared (see repoll.stores.shared_store).
+        self.shared = getattr(inner, "shared", False)
+        self.exact_liveness = getattr(inner, "exact_liveness", False)
         self.calls: Counter[str] = Counter()
         self.down = False  # every call: StoreUnavailable
         self.fail_create: type[BaseException] | None = None

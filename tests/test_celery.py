@@ -12,14 +12,8 @@ import repoll
 from repoll import OperationStatus
 from repoll.core._headers import new_operation_id
 from repoll.core._model import Operation
-from repoll.executors._celery import (
-    WORKER_ID,
-    NotTransferable,
-    _claim,
-    decode_arguments,
-    encode_arguments,
-    execute,
-)
+from repoll.executors._celery import NotTransferable, decode_arguments, encode_arguments
+from repoll.executors._celery_worker import WORKER_ID, _claim, execute
 from repoll.server._deferral import endpoint_name
 
 

@@ -38,14 +38,18 @@ def test_every_clause_passes_against_the_demo(live):
     assert code == 0
 
 
-def seed_server() -> Starlette:
-    """The seed's protocol, literally: 303 to itself with Retry-After: 1, no holds, no markers."""
+def seed_server(**pending_headers: str) -> Starlette:
+    """The seed's protocol, literally: 303 to itself with Retry-After: 1, no holds, no markers.
+
+    ``pending_headers`` replace or add to the fields of the pending answers.
+    """
     jobs: dict[str, float] = {}
+    headers = {"retry-after": "1", **pending_headers}
 
     async def start(request: Request) -> RedirectResponse:
         job = str(len(jobs) + 1)
         jobs[job] = time.monotonic() + 2
-        return RedirectResponse(f"/work/{job}", status_code=303, headers={"retry-after": "1"})
+        return RedirectResponse(f"/work/{job}", status_code=303, headers=headers)
 
     async def work(request: Request) -> JSONResponse | RedirectResponse:
         job = request.path_params["job"]
@@ -55,7 +59,7 @@ def seed_server() -> Starlette:
             return JSONResponse({"error": "no"}, status_code=405)
         if time.monotonic() < jobs[job]:
             await asyncio.sleep(0)
-            return RedirectResponse(f"/work/{job}", status_code=303, headers={"retry-after": "1"})
+            return RedirectResponse(f"/work/{job}", status_code=303, headers=headers)
         return JSONResponse({"result": "done"})
 
     return Starlette(
@@ -76,3 +80,22 @@ def test_a_seed_style_server_fails_the_right_clauses():
     for passing in ("start-answer", "location-same-origin", "retry-after", "wait-zero"):
         assert results[passing] == "pass", (passing, clauses[passing])
     assert results["final-replay"] == "fail"  # no Operation-Status, no Content-Location
+
+
+def test_a_malformed_retry_after_is_a_failed_clause_not_a_crash():
+    # "¹".isdigit() is True but int("¹") raises: the checker must not trust isdigit.
+    server = seed_server(**{"retry-after": "\u00b9", "retry-after-ms": "1000"})
+    with running_server(server) as url:
+        result = subprocess.run(
+            [sys.executable, "-m", "repoll", "check", "--timeout", "10", f"{url}/start_work"],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1
+    rows = {line.split()[0]: line.split()[1:3] for line in result.stdout.splitlines()[2:]}
+    assert rows["retry-after"] == ["MUST", "FAIL"]
+    assert rows["retry-after-ms"] == ["SHOULD", "FAIL"]
+    assert rows["start-answer"] == ["MUST", "PASS"]

@@ -1,4 +1,9 @@
-"""The httpx transports against scripted servers (httpx.MockTransport), sleeps switched off."""
+"""The httpx transports against scripted servers (httpx.MockTransport), sleeps injected.
+
+Every client here is given a sleeper that returns at once (and records what
+it was asked to wait), so no test depends on the process-wide testing switch,
+which has tests of its own at the end.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +17,12 @@ import repoll
 from repoll import PollingTimeout, PollOptions
 
 
-@pytest.fixture(autouse=True)
-def no_sleeps():
-    with repoll.testing():
-        yield
+def no_sleep(seconds: float) -> None:
+    """Stands in for time.sleep: these tests check decisions, not waiting."""
+
+
+async def no_asleep(seconds: float) -> None:
+    """Stands in for asyncio.sleep."""
 
 
 def scripted(*responses, seen=None):
@@ -46,10 +53,10 @@ def final(status=200, **json):
     )
 
 
-def client_for(transport, **options):
+def client_for(transport, sleep=no_sleep, **options):
     hops = []
     options.setdefault("on_progress", hops.append)
-    polling = repoll.PollingTransport(transport, options=PollOptions(**options))
+    polling = repoll.PollingTransport(transport, options=PollOptions(**options), sleep=sleep)
     return httpx.Client(transport=polling, base_url="http://api.test"), hops
 
 
@@ -239,7 +246,7 @@ async def test_the_async_transport_drives_the_same_flow():
 
     hops = []
     polling = repoll.AsyncPollingTransport(
-        httpx.MockTransport(handler), options=PollOptions(on_progress=hops.append)
+        httpx.MockTransport(handler), options=PollOptions(on_progress=hops.append), sleep=no_asleep
     )
     async with httpx.AsyncClient(transport=polling, base_url="http://api.test") as client:
         response = await client.post("/start")
@@ -248,12 +255,55 @@ async def test_the_async_transport_drives_the_same_flow():
     assert len(hops) == 3
 
 
-def test_testing_switch_skips_sleeps():
-    client, _ = client_for(scripted(pending(retry_after="30"), final()), long_poll=None)
+def test_the_injected_sleeper_waits_what_the_flow_decides():
+    sleeps = []
+    transport = scripted(pending(retry_after="30"), pending(retry_after_ms="1250"), final())
+    client, hops = client_for(transport, sleep=sleeps.append, long_poll=None)
     started = time.monotonic()
     client.post("/start")
     assert time.monotonic() - started < 5
-    assert repoll.is_testing()
+    assert sleeps == [30.0, 1.25] == [h.next_poll_in for h in hops[:2]]
+    assert not repoll.is_testing()  # no process-wide switch was needed
+
+
+@pytest.mark.anyio
+async def test_the_async_runner_awaits_the_injected_sleeper():
+    sleeps = []
+
+    async def record(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    polling = repoll.AsyncPollingTransport(
+        scripted(pending(retry_after="30"), final()),
+        options=PollOptions(long_poll=None),
+        sleep=record,
+    )
+    async with httpx.AsyncClient(transport=polling, base_url="http://api.test") as client:
+        assert (await client.post("/start")).status_code == 200
+    assert sleeps == [30.0]
+
+
+def test_by_default_the_client_really_waits():
+    transport = repoll.PollingTransport(
+        scripted(pending(retry_after_ms="300"), final()), options=PollOptions(long_poll=None)
+    )
+    started = time.monotonic()
+    with httpx.Client(transport=transport, base_url="http://api.test") as client:
+        client.post("/start")
+    assert time.monotonic() - started >= 0.3
+
+
+def test_testing_switch_skips_sleeps():
+    # The switch, for users whose clients are built where no sleep= reaches.
+    transport = repoll.PollingTransport(
+        scripted(pending(retry_after="30"), final()), options=PollOptions(long_poll=None)
+    )
+    with repoll.testing(), httpx.Client(transport=transport, base_url="http://api.test") as client:
+        started = time.monotonic()
+        client.post("/start")
+        assert time.monotonic() - started < 5
+        assert repoll.is_testing()
+    assert not repoll.is_testing()
 
 
 def test_no_default_deadline_nor_poll_budget():
@@ -296,7 +346,7 @@ def test_a_body_that_never_completes_is_a_timeout_not_a_hang():
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     options = PollOptions(max_retries=1)
-    transport = repoll.PollingTransport(options=options)
+    transport = repoll.PollingTransport(options=options, sleep=no_sleep)
     started = time.monotonic()
     with (
         httpx.Client(transport=transport, timeout=0.5) as client,
@@ -323,7 +373,7 @@ def test_handle_wait_retries_transient_failures_and_reads_progress():
         final(made="handle"),
     )
     with httpx.Client(transport=transport, base_url="http://api.test") as client:
-        handle = repoll.OperationHandle.start(client, "POST", "/start")
+        handle = repoll.OperationHandle.start(client, "POST", "/start", sleep=no_sleep)
         assert handle.status is repoll.OperationStatus.RUNNING
         assert (handle.progress, handle.message) == (0.5, "half")
         assert handle.url == "http://api.test/operations/abc"
@@ -339,7 +389,7 @@ def test_handle_never_sends_the_clients_auth_to_another_origin():
     options = PollOptions(allow_cross_origin=True)
     with httpx.Client(transport=transport, auth=("user", "secret")) as client:
         handle = repoll.OperationHandle.start(
-            client, "POST", "http://api.test/start", options=options
+            client, "POST", "http://api.test/start", options=options, sleep=no_sleep
         )
         handle.wait()
     assert "authorization" in seen[0].headers

@@ -186,7 +186,7 @@ def test_cli_shows_a_progress_bar_on_a_terminal(live):
         [
             sys.executable,
             "-m",
-            "repoll.cli._main",
+            "repoll",
             "request",
             "--json",
             '{"seconds": 2.5}',

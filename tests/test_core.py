@@ -20,6 +20,7 @@ from repoll.core._pacing import (
     WorkSnapshot,
     estimate_interval,
     hold_seconds,
+    work_snapshot,
 )
 from repoll.core._status import TRANSITIONS, Event, OperationStatus, finish_event, transition
 
@@ -344,3 +345,225 @@ def test_id_validation_never_raises(value):
     assert h.is_valid_operation_id(value) in {True, False}
     if h.is_valid_operation_id(value):
         assert len(value) == 22
+
+
+# --- the decisions the server shell carries ----------------------------------------
+#
+# The engine and the ASGI middleware gather facts (a record, the time, the
+# advertised interval, Accept/Prefer/Origin) and send what these return.
+
+URL = "/operations/" + "A" * 22
+SITE = "https://app.example"
+
+
+def _ended(**changes) -> Operation:
+    stored = StoredResponse(200, (("content-type", "text/plain"),), b"done")
+    base = {
+        "status": OperationStatus.SUCCEEDED,
+        "response": stored,
+        "finished_at": NOW,
+        "expires_at": NOW + 60,
+    }
+    return make_operation(**{**base, **changes})
+
+
+def _answer(op, *, now=NOW, page=False, preferences=Preferences(), cors=frozenset()):
+    return replies.answer(
+        op,
+        now=now,
+        interval=2.5,
+        page=page,
+        preferences=preferences,
+        operation_url=URL,
+        origin=SITE,
+        cors_origins=cors,
+    )
+
+
+def test_answer_for_no_record_is_the_404_with_cors():
+    reply = _answer(None, cors=frozenset({SITE}))
+    assert reply.status == 404
+    assert reply.header("access-control-allow-origin") == SITE
+
+
+def test_answer_once_retention_has_passed_is_410_readable_by_a_listed_origin():
+    op = _ended()
+    assert _answer(op, now=NOW + 59.9).status == 200
+    reply = _answer(op, now=NOW + 60, cors=frozenset({SITE}))
+    assert reply.status == 410
+    assert json.loads(reply.body)["type"].endswith("operation-expired")
+    # A script on a listed origin can read it, as it can the DELETE's 410.
+    assert reply.header("access-control-allow-origin") == SITE
+
+
+def test_answer_for_an_ended_operation_replays_it():
+    reply = _answer(_ended(), cors=frozenset({SITE}))
+    assert reply.status == 200
+    assert reply.body == b"done"
+    assert reply.header("content-location") == URL
+    assert reply.header("access-control-allow-origin") == SITE
+    # Even a browser navigating gets the outcome, not a page.
+    assert _answer(_ended(), page=True).body == b"done"
+
+
+def test_answer_while_running_is_pending_or_a_page():
+    running = make_operation(status=OperationStatus.RUNNING, started_at=NOW)
+    pending = _answer(running, cors=frozenset({SITE}))
+    assert pending.status == 303
+    assert pending.header("location") == URL
+    assert pending.header("retry-after-ms") == "2500"
+    assert pending.header("access-control-allow-origin") == SITE
+    page = _answer(running, page=True, cors=frozenset({SITE}))
+    assert page.status == 202
+    assert page.header("content-type").startswith("text/html")
+    assert page.header("refresh") == f"3; url={URL}"
+    assert page.header("access-control-allow-origin") == SITE
+
+
+def test_answer_keeps_the_start_s_respond_async():
+    # A poller that never repeats Prefer: respond-async keeps getting 202.
+    op = make_operation(respond_async=True)
+    reply = _answer(op)
+    assert reply.status == 202
+    assert reply.header("preference-applied") == "respond-async"
+    assert _answer(make_operation()).status == 303
+
+
+def test_wants_page():
+    assert replies.wants_page("text/html,application/xhtml+xml", Preferences())
+    assert not replies.wants_page("application/json", Preferences())
+    assert not replies.wants_page("text/html", Preferences(respond_async=True))
+
+
+def test_hold_lengths_for_pages_and_starts():
+    # A page is never held, whatever was asked.
+    assert hold_seconds(Preferences(), 5, POLICY, page=True) == 0
+    assert hold_seconds(Preferences(wait=10), 5, POLICY, page=True) == 0
+    # A start (nothing advertised yet) is held only when it asks.
+    assert hold_seconds(Preferences(), None, POLICY) == 0
+    assert hold_seconds(Preferences(wait=7), None, POLICY) == 7
+    assert hold_seconds(Preferences(wait=999), None, POLICY) == 30
+
+
+def test_policy_validates_the_cancel_hold_and_stream_refresh():
+    assert PacingPolicy().cancel_hold == 1.0
+    assert PacingPolicy().stream_refresh == 0.5
+    with pytest.raises(ValueError, match="cancel_hold"):
+        PacingPolicy(cancel_hold=-1)
+    with pytest.raises(ValueError, match="stream_refresh"):
+        PacingPolicy(stream_refresh=0)
+
+
+def test_work_snapshot_reads_the_record():
+    op = make_operation(status=OperationStatus.RUNNING, started_at=NOW + 2, progress=0.4)
+    work = work_snapshot(op, NOW + 5, typical_duration=9, queued_ahead=3, concurrency=2, load=0.5)
+    assert work == WorkSnapshot(
+        age=5,
+        running_for=3,
+        progress=0.4,
+        typical_duration=9,
+        queued_ahead=3,
+        concurrency=2,
+        load=0.5,
+    )
+    # Another host's clock a little behind never makes a negative age.
+    assert work_snapshot(op, NOW - 1).age == 0
+    assert work_snapshot(op, NOW - 1).running_for == 0
+    assert work_snapshot(make_operation(), NOW + 1).running_for is None
+
+
+def test_cancel_now_answers_all_but_running_work():
+    assert replies.cancel_now(None, NOW).status == 404
+    assert replies.cancel_now(_ended(), NOW + 60).status == 410
+    ended = replies.cancel_now(_ended(), NOW)
+    assert ended.status == 200
+    assert json.loads(ended.body)["status"] == "succeeded"
+    assert replies.cancel_now(make_operation(), NOW) is None
+    assert replies.cancel_now(make_operation(status=OperationStatus.RUNNING), NOW) is None
+
+
+def test_after_the_cancel_hold_the_answer_says_stopped_or_stopping():
+    stopping = make_operation(status=OperationStatus.RUNNING, cancel_requested=True)
+    assert replies.cancel_answer(stopping).status == 202
+    assert replies.cancel_answer(_ended(status=OperationStatus.CANCELED)).status == 200
+
+
+def test_only_queued_work_elsewhere_is_canceled_by_its_record():
+    queued = make_operation()
+    running = make_operation(status=OperationStatus.RUNNING)
+    assert replies.cancel_by_record(queued, running_here=False)
+    assert not replies.cancel_by_record(queued, running_here=True)
+    assert not replies.cancel_by_record(running, running_here=False)
+    event, stored, message = replies.canceled_on_request()
+    assert event is Event.CANCEL
+    assert stored.status == 409
+    assert message == "Canceled on request."
+
+
+def test_cancel_flag_is_set_once_and_never_on_ended_work():
+    flagged = make_operation().with_cancel_requested(now=NOW + 1)
+    assert flagged is not None
+    assert flagged.cancel_requested
+    assert flagged.updated_at == NOW + 1
+    assert flagged.with_cancel_requested(now=NOW + 2) is None
+    assert _ended().with_cancel_requested(now=NOW) is None
+
+
+def test_is_expired():
+    assert not make_operation().is_expired(NOW + 1e9)  # unfinished work never expires
+    assert not _ended().is_expired(NOW + 59)
+    assert _ended().is_expired(NOW + 60)
+
+
+@pytest.mark.parametrize(
+    ("method", "name", "accept", "kind"),
+    [
+        ("OPTIONS", "x", "", "preflight"),
+        ("GET", "client.js", "", "module"),
+        ("HEAD", "client.js", "", "module"),
+        ("DELETE", "client.js", "", "cancel"),
+        ("GET", "x", "text/event-stream", "stream"),
+        ("HEAD", "x", "text/event-stream", "status"),
+        ("GET", "x", "application/json", "status"),
+        ("HEAD", "x", "", "status"),
+        ("DELETE", "x", "", "cancel"),
+        ("POST", "x", "", "not-allowed"),
+    ],
+)
+def test_operation_requests_are_sorted_by_method(method, name, accept, kind):
+    assert replies.operation_request(method, name, accept, module="client.js") == kind
+
+
+@pytest.mark.parametrize(
+    ("value", "over"),
+    [
+        ("", False),
+        ("10", False),
+        ("11", True),
+        ("abc", False),
+        ("1" * 19, True),
+        ("\u0661\u0661", False),
+    ],
+)
+def test_declared_body_length(value, over):
+    assert replies.declares_too_large(value, 10) is over
+
+
+def test_event_stream_pieces():
+    start = replies.stream_start(SITE, frozenset({SITE}))
+    assert start.status == 200
+    assert start.header("content-type") == "text/event-stream"
+    assert start.header("x-accel-buffering") == "no"
+    assert start.header("access-control-allow-origin") == SITE
+    status = replies.stream_event(make_operation(progress=0.25))
+    assert status.startswith(b"event: status\ndata: ")
+    assert json.loads(status.split(b"data: ")[1])["progress"] == 0.25
+    outcome = replies.stream_event(_ended(), retry=1.2345)
+    assert outcome.startswith(b"retry: 1234\nevent: outcome\n")
+    assert json.loads(outcome.split(b"data: ")[1])["response_status"] == 200
+
+
+def test_lost_reasons():
+    assert "running" in replies.lost_at_restart(OperationStatus.RUNNING)
+    assert "(host:1:ab)" in replies.lost_with_owner("host:1:ab")
+    assert replies.LOST_AT_SHUTDOWN.startswith("The server shut down")

@@ -15,6 +15,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 
+import repoll
 from repoll.cli._demo import create_app
 from repoll.cli._main import running_server
 
@@ -24,7 +25,7 @@ FUZZ_PRINCIPAL = {"authorization": "Bearer fuzz"}
 
 @pytest.fixture(scope="module")
 def fuzz_server():
-    app = create_app(store="memory://", max_operations_per_principal=10_000)
+    app = create_app(store="memory://", limits=repoll.Limits(max_operations_per_principal=10_000))
     with running_server(app) as url:
         yield url
 

@@ -156,7 +156,9 @@ def real_store(request, tmp_path):
 
 
 async def test_concurrent_starts_from_one_principal_admit_exactly_the_limit(real_store):
-    app, server, _, gate = build(store=real_store, max_operations_per_principal=100)
+    app, server, _, gate = build(
+        store=real_store, limits=repoll.Limits(max_operations_per_principal=100)
+    )
     bearer = {"authorization": "Bearer mallory"}
     async with client(app) as c:
         answers = await asyncio.gather(
@@ -171,7 +173,7 @@ async def test_concurrent_starts_from_one_principal_admit_exactly_the_limit(real
 
 
 async def test_junk_cookies_do_not_mint_principals():
-    app, server, _, gate = build(max_operations_per_principal=100)
+    app, server, _, gate = build(limits=repoll.Limits(max_operations_per_principal=100))
     async with client(app) as c:
         answers = await asyncio.gather(
             *(c.post("/gated", headers={"cookie": f"junk={i}; theme=x{i}"}) for i in range(300))
@@ -185,7 +187,7 @@ async def test_junk_cookies_do_not_mint_principals():
 
 
 async def test_held_polls_never_exceed_their_limit(real_store):
-    app, server, _, gate = build(store=real_store, max_held_polls=10)
+    app, server, _, gate = build(store=real_store, limits=repoll.Limits(max_held_polls=10))
     highest = 0
 
     async def watch():
@@ -219,7 +221,7 @@ async def test_held_polls_never_exceed_their_limit(real_store):
 
 
 async def test_bodies_over_the_limit_are_refused_before_the_app_reads_them():
-    app, server, _, _ = build(max_body_size=1024 * 1024)
+    app, server, _, _ = build(limits=repoll.Limits(max_body_size=1024 * 1024))
 
     @app.post("/upload")
     @repoll.deferred
@@ -335,7 +337,9 @@ def _wait_for(predicate, timeout: float) -> bool:
 
 @pytest.fixture
 def real_server():
-    app, server, store, gate = build(store=FaultyStore(MemoryStore()), max_held_polls=1000)
+    app, server, store, gate = build(
+        store=FaultyStore(MemoryStore()), limits=repoll.Limits(max_held_polls=1000)
+    )
     with running_server(app) as url:
         try:
             yield url, server, store, gate

@@ -13,6 +13,7 @@ from repoll.core._poll import (
     PollOptions,
     Sleep,
     is_polling_response,
+    needs_polling,
     poll_flow,
 )
 
@@ -58,6 +59,16 @@ def test_non_polling_responses_pass_through():
     assert is_polling_response(observed(303, 0, location="/x", retry_after="1"))
     assert is_polling_response(observed(202, 0, location="/x", operation_status="running"))
     assert not is_polling_response(observed(303, 0, location="/x", operation_status="succeeded"))
+
+
+def test_needs_polling_is_the_clients_only_test():
+    # The transports ask nothing else before following (they once had their own pre-check).
+    assert needs_polling(observed(202, 0, location="/x"))
+    assert needs_polling(observed(201, 0, operation_location="/monitor"))
+    assert needs_polling(observed(200, 0, azure_asyncoperation="/monitor"))
+    assert not needs_polling(observed(204, 0, operation_location="/monitor"))
+    assert not needs_polling(observed(302, 0, location="/x", retry_after="1"))
+    assert not needs_polling(observed(200, 0))
 
 
 def test_honours_retry_after_when_not_long_polling():

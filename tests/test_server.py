@@ -244,7 +244,7 @@ async def test_head_on_an_operation(setup):
 
 
 async def test_expired_operations_get_410():
-    app, server, _ = build_app(retention=0.1)
+    app, server, _ = build_app(lifetimes=repoll.Lifetimes(retention=0.1))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         response = await c.post("/jobs", json={"seconds": 0}, headers={"prefer": "wait=5"})
         assert response.status_code == 201
@@ -256,7 +256,7 @@ async def test_expired_operations_get_410():
 
 
 async def test_bodies_over_the_limit_get_413_and_no_operation():
-    app, server, _ = build_app(max_body_size=100)
+    app, server, _ = build_app(limits=repoll.Limits(max_body_size=100))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         response = await c.post("/gated", content=b"x" * 101)
         assert response.status_code == 413
@@ -301,6 +301,23 @@ async def test_sync_handlers_run_in_threads_and_cancel_cooperatively(setup):
     canceled = await client.delete(location)
     assert canceled.json()["status"] == "canceled"
     assert (await client.get(location)).status_code == 409
+
+
+async def test_a_cancel_waits_only_as_long_as_the_policy_says():
+    # cancel_hold=0: the DELETE answers 202 at once, while the work stops.
+    policy = PacingPolicy(
+        min_interval=0.05, default_interval=0.1, min_hold=0.2, max_hold=5, cancel_hold=0
+    )
+    app, server, _ = build_app(pacing=policy)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        location = (await c.post("/sync", json={"seconds": 30})).headers["location"]
+        await asyncio.sleep(0.05)
+        stopping = await c.delete(location)
+        assert stopping.status_code == 202
+        assert stopping.json()["status"] == "running"
+        assert stopping.json()["cancel_requested"] is True
+        assert (await c.get(location, headers={"prefer": "wait=5"})).status_code == 409
+    await server.close()
 
 
 async def test_queued_operations_wait_for_a_slot_and_can_be_canceled():
@@ -428,7 +445,7 @@ async def test_restart_marks_unfinished_work_failed(tmp_path):
 
 
 async def test_held_polls_are_shed_past_the_limit():
-    app, server, seen = build_app(max_held_polls=2)
+    app, server, seen = build_app(limits=repoll.Limits(max_held_polls=2))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         location = (await c.post("/gated")).headers["location"]
         held = [
@@ -473,7 +490,9 @@ async def test_a_locked_store_answers_503_and_loses_nothing(tmp_path):
 
 
 async def test_too_many_operations_get_429_with_retry_after():
-    app, server, seen = build_app(max_operations_per_principal=2, max_operations=3)
+    app, server, seen = build_app(
+        limits=repoll.Limits(max_operations_per_principal=2, max_operations=3)
+    )
     alice = {"authorization": "Bearer alice"}
     bob = {"authorization": "Bearer bob"}
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
@@ -495,7 +514,7 @@ async def test_too_many_operations_get_429_with_retry_after():
 
 
 async def test_a_response_over_the_stored_limit_fails_cleanly():
-    app, server, _ = build_app(max_response_size=1000)
+    app, server, _ = build_app(limits=repoll.Limits(max_response_size=1000))
 
     @app.post("/big")
     @repoll.deferred
@@ -513,7 +532,7 @@ async def test_a_response_over_the_stored_limit_fails_cleanly():
 
 
 async def test_no_principal_can_reach_another_principals_operations():
-    app, server, seen = build_app(max_operations_per_principal=1000)
+    app, server, seen = build_app(limits=repoll.Limits(max_operations_per_principal=1000))
     principals = [
         {},
         {"authorization": "Bearer alice"},
@@ -597,12 +616,12 @@ async def test_operation_urls_are_paths_unless_an_absolute_one_is_needed():
         assert odd.headers["location"].startswith("/operations/")
         seen["release"].set()
     await server.close()
-    app, server, seen = build_app(absolute_urls=True)
+    app, server, seen = build_app(urls=repoll.UrlPolicy(absolute_urls=True))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         assert (await c.post("/gated")).headers["location"].startswith("http://t/operations/")
         seen["release"].set()
     await server.close()
-    app, server, seen = build_app(public_url="https://api.example.com/v1/")
+    app, server, seen = build_app(urls=repoll.UrlPolicy(public_url="https://api.example.com/v1/"))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         location = (await c.post("/gated")).headers["location"]
         assert location.startswith("https://api.example.com/v1/operations/")

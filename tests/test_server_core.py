@@ -8,6 +8,7 @@ from starlette.routing import Mount, Route, Router
 
 import repoll
 from repoll.core._admission import Admission, quota_key
+from repoll.core._liveness import heartbeats_settled, orphaned, owner_ttl
 from repoll.core._model import Operation, StoredResponse
 from repoll.core._origin import LOOPBACK, Forwarded, TrustedProxies, operation_url, parse_forwarded
 from repoll.core._profiles import needs_absolute_location
@@ -215,6 +216,38 @@ def test_a_wildcard_cors_list_never_allows_credentials():
     listed = dict(cors_headers("https://app.example", frozenset({"*", "https://app.example"})))
     assert listed["access-control-allow-origin"] == "https://app.example"
     assert listed["access-control-allow-credentials"] == "true"
+
+
+# --- liveness ----------------------------------------------------------------------
+
+
+def test_a_heartbeat_lives_five_intervals():
+    assert owner_ttl(2.0) == 10.0
+
+
+def test_live_owners_are_believed_only_after_a_full_ttl_of_heartbeats():
+    # Right after an outage every heartbeat has expired: nobody may be reaped yet.
+    assert not heartbeats_settled(None, 100.0, 10.0)
+    assert not heartbeats_settled(95.0, 100.0, 10.0)
+    assert heartbeats_settled(90.0, 100.0, 10.0)
+
+
+def test_only_work_of_owners_that_stopped_is_orphaned():
+    def unfinished(op_id: str, owner: str | None) -> Operation:
+        return Operation(
+            id=op_id,
+            principal="",
+            endpoint="POST /x",
+            status=OperationStatus.RUNNING,
+            created_at=0.0,
+            updated_at=0.0,
+            owner=owner,
+        )
+
+    ops = [unfinished("a", "me"), unfinished("b", "gone"), unfinished("c", None)]
+    lost = orphaned(ops, {"me", "other"})
+    assert [op_id for op_id, _ in lost] == ["b"]
+    assert "(gone) stopped" in lost[0][1]
 
 
 # --- logs --------------------------------------------------------------------------

@@ -37,7 +37,10 @@ async def pair(request):
     for _ in range(2):
         app = FastAPI()
         server = repoll.install(
-            app, store=make_store(request.param, request), pacing=FAST, heartbeat_interval=0.2
+            app,
+            store=make_store(request.param, request),
+            pacing=FAST,
+            lifetimes=repoll.Lifetimes(heartbeat_interval=0.2),
         )
 
         @app.post("/gated")

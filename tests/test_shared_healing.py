@@ -21,15 +21,18 @@ from tests.services import with_port, with_query
 
 import repoll
 from repoll import PacingPolicy
+from repoll.stores import Store
 
 pytestmark = pytest.mark.anyio
 FAST = PacingPolicy(min_interval=0.05, default_interval=0.1, min_hold=0.2, max_hold=10)
 
 
 class Instance:
-    def __init__(self, store: repoll.Store, gate: asyncio.Event) -> None:
+    def __init__(self, store: Store, gate: asyncio.Event) -> None:
         app = FastAPI()
-        self.server = repoll.install(app, store=store, pacing=FAST, heartbeat_interval=0.2)
+        self.server = repoll.install(
+            app, store=store, pacing=FAST, lifetimes=repoll.Lifetimes(heartbeat_interval=0.2)
+        )
 
         @app.post("/gated")
         @repoll.deferred

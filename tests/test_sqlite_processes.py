@@ -16,10 +16,11 @@ import time
 
 import pytest
 
-from repoll import OperationStatus, SQLiteStore, StoredResponse
+from repoll import OperationStatus, SQLiteStore
 from repoll.core._headers import new_operation_id
 from repoll.core._model import Operation
 from repoll.core._status import Event
+from repoll.stores import StoredResponse
 
 pytestmark = pytest.mark.anyio
 
@@ -52,7 +53,8 @@ if mode == "recovery-lock":
     recovery_lock(float(args[0]))
     sys.exit()
 
-from repoll import OperationStatus, SQLiteStore, StoredResponse
+from repoll import OperationStatus, SQLiteStore
+from repoll.stores import StoredResponse
 from repoll.core._headers import new_operation_id
 from repoll.core._model import Operation
 from repoll.core._status import Event

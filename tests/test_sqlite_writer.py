@@ -15,10 +15,11 @@ import time
 
 import pytest
 
-from repoll import OperationStatus, SQLiteStore, StoredResponse
+from repoll import OperationStatus, SQLiteStore
 from repoll.core._headers import new_operation_id
 from repoll.core._model import Operation
 from repoll.core._status import Event
+from repoll.stores import StoredResponse
 from repoll.stores._store import update_operation
 
 pytestmark = pytest.mark.anyio

@@ -7,12 +7,30 @@ import dataclasses
 
 import pytest
 
-from repoll import MemoryStore, OperationStatus, SQLiteStore, Store, StoredResponse
-from repoll._errors import DuplicateOperation
+from repoll import (
+    MemoryStore,
+    OperationStatus,
+    SQLiteStore,
+    StoreError,
+    StoreUnavailable,
+    StoreURLError,
+)
 from repoll.core._headers import new_operation_id
-from repoll.core._model import Operation
 from repoll.core._status import Event
-from repoll.stores._store import store_from_url, update_operation
+from repoll.stores import (
+    DuplicateOperation,
+    Operation,
+    SharedStore,
+    Store,
+    StoredResponse,
+    StoreNotOpen,
+)
+from repoll.stores._store import (
+    shared_store,
+    shared_store_from_url,
+    store_from_url,
+    update_operation,
+)
 
 pytestmark = pytest.mark.anyio
 NOW = 1_800_000_000.0
@@ -44,7 +62,7 @@ async def store(request, tmp_path):
 @pytest.fixture
 async def twin(store, request, tmp_path):
     """Another instance on the same backend, as a second server process would have."""
-    if not store.shared:
+    if shared_store(store) is None:
         yield None
         return
     other = _backend(request.node.callspec.params["store"], request, tmp_path)
@@ -67,6 +85,31 @@ def new_operation(**changes) -> Operation:
 
 async def test_implements_the_protocol(store):
     assert isinstance(store, Store)
+    # Memory belongs to one process; the others may be shared by several.
+    assert (shared_store(store) is None) == isinstance(store, MemoryStore)
+    assert (shared_store(store) is None) == (not isinstance(store, SharedStore))
+
+
+async def test_sqlite_in_memory_is_a_shared_store_class_but_not_shared(tmp_path):
+    private = SQLiteStore(":memory:")
+    assert isinstance(private, SharedStore)  # what the class can do ...
+    assert shared_store(private) is None  # ... and what this instance does
+    assert shared_store(SQLiteStore(tmp_path / "x.db")) is not None
+
+
+def test_a_store_that_says_shared_but_cannot_be_is_refused():
+    class HalfShared(MemoryStore):
+        shared = True  # but no subscribe, announce_cancel, heartbeat, live_owners
+
+    with pytest.raises(TypeError, match="lacks exact_liveness, subscribe"):
+        shared_store(HalfShared())
+
+
+def test_only_a_shared_store_url_can_be_joined(tmp_path):
+    assert isinstance(shared_store_from_url(f"sqlite:///{tmp_path}/x.db"), SQLiteStore)
+    for private in ("memory://", "sqlite://"):
+        with pytest.raises(StoreURLError, match="belongs to one process"):
+            shared_store_from_url(private)
 
 
 async def test_create_then_get_round_trips(store):
@@ -199,8 +242,44 @@ def test_store_urls(tmp_path):
     assert store_from_url("sqlite:///rel.db").path == "rel.db"
     assert type(store_from_url("redis://127.0.0.1:6379/0")).__name__ == "RedisStore"
     assert type(store_from_url("postgresql://u@h/db")).__name__ == "PostgresStore"
-    with pytest.raises(ValueError, match="unsupported store URL"):
+    with pytest.raises(StoreURLError, match="unsupported store URL scheme 'mongodb'"):
         store_from_url("mongodb://x")
+    with pytest.raises(ValueError, match="no scheme"):  # StoreURLError is a ValueError too
+        store_from_url("repoll.sqlite3")
+
+
+def test_a_bad_store_url_names_the_good_ones_but_no_password():
+    with pytest.raises(StoreURLError) as caught:
+        store_from_url("mysql://admin:hunter2@db.internal/ops")
+    message = str(caught.value)
+    assert "hunter2" not in message
+    for good in ("memory://", "sqlite:///PATH", "redis://", "postgresql://"):
+        assert good in message
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis", "postgres"])
+async def test_a_store_used_before_open_or_after_close_says_so(kind, request, tmp_path):
+    store = _backend(kind, request, tmp_path)
+    with pytest.raises(StoreNotOpen, match="before open"):
+        await store.get(new_operation_id())
+    await store.open()
+    await store.close()
+    with pytest.raises(StoreNotOpen, match="after close"):
+        await store.create(new_operation())
+    with pytest.raises(RuntimeError):  # StoreNotOpen is a RuntimeError too
+        await store.get(new_operation_id())
+
+
+async def test_an_update_that_keeps_losing_races_reports_a_busy_store():
+    class Contended(MemoryStore):
+        async def compare_and_set(self, operation, *, expected_version):
+            return False  # another writer always got there first
+
+    store = Contended()
+    op = new_operation()
+    await store.create(op)
+    with pytest.raises(StoreUnavailable, match="too busy"):
+        await update_operation(store, op.id, lambda current: current.evolve(message="x"))
 
 
 async def test_idempotency_keys_are_unique_and_found(store):
@@ -234,19 +313,19 @@ async def test_a_purged_operation_frees_its_key(store):
 
 
 async def test_heartbeats_tell_the_live_owners(store):
-    await store.heartbeat("instance-a", ttl=30)
-    await store.heartbeat("instance-b", ttl=-1)  # already expired
-    if store.shared:
-        assert await store.live_owners() == {"instance-a"}
-    else:
-        assert "instance-b" not in await store.live_owners()
+    shared = shared_store(store)
+    if shared is None:
+        pytest.skip("one process: no owners but itself")
+    await shared.heartbeat("instance-a", ttl=30)
+    await shared.heartbeat("instance-b", ttl=-1)  # already expired
+    assert await shared.live_owners() == {"instance-a"}
 
 
 async def test_shared_stores_announce_finished_and_canceled_operations(store, twin):
+    if twin is None:
+        pytest.skip("one process: the server wakes its own waiters")
     events: list[tuple[str, str]] = []
     await store.subscribe(lambda kind, op_id: events.append((kind, op_id)))
-    if twin is None:
-        return  # one process: the server wakes its own waiters
     op = new_operation(status=OperationStatus.RUNNING)
     await twin.create(op)
     await asyncio.sleep(0.1)  # let the subscription settle
@@ -269,3 +348,19 @@ async def test_the_secret_is_stable_and_shared(store, twin):
     assert await store.secret() == secret
     if twin is not None:
         assert await twin.secret() == secret
+
+
+async def test_a_corrupt_secret_is_a_store_error(store):
+    if isinstance(store, (MemoryStore, SQLiteStore)):
+        pytest.skip("only the Redis and PostgreSQL stores keep the secret where it can be edited")
+    if type(store).__name__ == "RedisStore":
+        await store._r.set(store._key("secret"), b"short")
+    else:
+        async with store._p.connection() as conn:
+            await conn.execute(
+                "INSERT INTO repoll_meta (name, value) VALUES ('secret', %s) "
+                "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+                (b"short",),
+            )
+    with pytest.raises(StoreError, match="32-byte secret"):
+        await store.secret()

@@ -41,7 +41,7 @@ class Topology:
             [
                 sys.executable,
                 "-m",
-                "repoll.cli._main",
+                "repoll",
                 "serve",
                 "--port",
                 str(port),
@@ -69,7 +69,7 @@ class Topology:
             [
                 sys.executable,
                 "-m",
-                "repoll.cli._main",
+                "repoll",
                 "worker",
                 "--broker",
                 BROKER,

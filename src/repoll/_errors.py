@@ -1,15 +1,19 @@
 """repoll's exceptions.
 
-The tree::
+The tree (``repoll.X`` unless marked ``stores``: exported by :mod:`repoll.stores`,
+for people who write a store; ``internal``: never reaches application code)::
 
     RepollError
     ├── MissingExtraError (also ImportError)   an optional dependency is not installed
     ├── ProtocolError                          a peer broke docs/protocol.md
-    │   ├── InvalidTransition                  an operation cannot move that way
+    │   ├── InvalidTransition                  internal: an operation cannot move that way
     │   └── CrossOriginError                   a Location on another origin, refused
     ├── NotDeferrableError (also RuntimeError) defer() outside a deferrable request
-    ├── StoreUnavailable                       the store is down or busy (the server answers 503)
-    ├── DuplicateOperation                     a store refused a taken idempotency key
+    ├── StoreError                             the store cannot do what was asked
+    │   ├── StoreUnavailable                   the store is down or busy (the server answers 503)
+    │   ├── StoreURLError (also ValueError)    a store URL repoll cannot use
+    │   ├── StoreNotOpen (also RuntimeError)   stores: a store used before open() or after close()
+    │   └── DuplicateOperation                 stores: a store refused a taken idempotency key
     ├── OperationError                         an operation did not give a usable answer
     │   │                                      (also: transient poll failures past max_retries)
     │   ├── OperationNotFound                  404: unknown, foreign or malformed id
@@ -59,16 +63,28 @@ class NotDeferrableError(RepollError, RuntimeError):
     """``defer()`` was called where no repoll middleware can defer the request."""
 
 
-class DuplicateOperation(RepollError):
+class StoreError(RepollError):
+    """The store could not do what was asked (for instance, it holds data repoll cannot use)."""
+
+
+class StoreUnavailable(StoreError):
+    """The store could not be reached, or stayed busy past its timeout."""
+
+
+class StoreURLError(StoreError, ValueError):
+    """A store URL repoll cannot use; the message lists the URLs it can."""
+
+
+class StoreNotOpen(StoreError, RuntimeError):
+    """A store was used before :meth:`~repoll.stores.Store.open` (or after ``close``)."""
+
+
+class DuplicateOperation(StoreError):
     """A store refused a new operation whose idempotency key is already taken."""
 
     def __init__(self, existing_id: str) -> None:
         self.existing_id = existing_id
         super().__init__(f"the idempotency key belongs to operation {existing_id}")
-
-
-class StoreUnavailable(RepollError):
-    """The store could not be reached, or stayed busy past its timeout."""
 
 
 class OperationError(RepollError):

@@ -4,6 +4,13 @@
     with repoll.testing():        # the same, for a block
 
 The decisions are unchanged (same polls, same order); only time does not pass.
+
+Why a process-wide switch at all: the runners take their sleeper as an
+argument (``sleep=`` on every transport, adapter and handle), which is what
+repoll's own tests use, but a user's test often exercises a client built deep
+inside the code under test, where no argument reaches. :func:`sleep` and
+:func:`asleep` are the sleepers the clients use when given none: real sleeps,
+unless the switch is on.
 """
 
 from __future__ import annotations
@@ -39,9 +46,11 @@ def testing(enabled: bool = True) -> Iterator[None]:  # noqa: PT028 - a context 
 
 
 def sleep(seconds: float) -> None:
+    """The clients' default sleeper: :func:`time.sleep`, skipped in testing mode."""
     if not _skip_sleeps and seconds > 0:
         time.sleep(seconds)
 
 
 async def asleep(seconds: float) -> None:
+    """The async clients' default sleeper; in testing mode it only yields to the loop."""
     await asyncio.sleep(0 if _skip_sleeps else seconds)

@@ -4,27 +4,50 @@ Each clause names its level (MUST or SHOULD, as docs/protocol.md words it)
 and what was seen. The start request is sent three times (plain, with
 ``Prefer: respond-async``, and once more to cancel), so the endpoint should
 start work that lasts a few seconds.
+
+The checker reads the server's fields with the same parsers the client and
+server use (``core._headers``) and names states with ``OperationStatus``, so
+it judges by the rules repoll itself follows, and a server's malformed value
+(a non-ASCII digit in ``Retry-After``, an unknown status) is a failed clause
+in the report, never a crash of the checker.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urljoin
 
-from .._errors import require
+from .._errors import MissingExtraError
+from ..core import _headers as h
+from ..core._poll import same_origin
+from ..core._status import OperationStatus
 
-require("httpx", "client")
+try:
+    import httpx
+except ModuleNotFoundError as exc:
+    raise MissingExtraError("client", "httpx") from exc
 
-import httpx  # noqa: E402 - after the extra check, for its clear message
 
-from ..core import _headers as h  # noqa: E402
-from ..core._poll import same_origin  # noqa: E402
+def _status(response: httpx.Response) -> OperationStatus | None:
+    """The response's Operation-Status, exactly as the protocol spells one; else None."""
+    try:
+        return OperationStatus(response.headers.get(h.OPERATION_STATUS, ""))
+    except ValueError:
+        return None
 
-TERMINAL = {"succeeded", "failed", "canceled"}
-PENDING = {"queued", "running"}
+
+def _pending(response: httpx.Response) -> bool:
+    status = _status(response)
+    return status is not None and not status.is_terminal
+
+
+def _terminal(response: httpx.Response) -> bool:
+    status = _status(response)
+    return status is not None and status.is_terminal
 
 
 @dataclass
@@ -140,18 +163,13 @@ def _start(
 
 def _pending_response_clauses(check: Check, response: httpx.Response) -> None:
     seen = _describe(response)
-    retry_after = response.headers.get("retry-after", "")
-    check.verdict("retry-after", "MUST", "", retry_after.strip().isdigit(), seen)
-    ms = response.headers.get("retry-after-ms", "")
-    consistent = (
-        ms.strip().isdigit()
-        and retry_after.strip().isdigit()
-        and -(-int(ms) // 1000) == int(retry_after)
-    )
+    # The protocol asks for delay-seconds, not an HTTP-date: the form-strict parser.
+    retry_after = h.parse_delay_seconds(response.headers.get(h.RETRY_AFTER))
+    check.verdict("retry-after", "MUST", "", retry_after is not None, seen)
+    ms = h.parse_retry_after_ms(response.headers.get(h.RETRY_AFTER_MS))
+    consistent = retry_after is not None and ms is not None and math.ceil(ms) == retry_after
     check.verdict("retry-after-ms", "SHOULD", "", consistent, seen)
-    check.verdict(
-        "operation-status", "MUST", "", response.headers.get(h.OPERATION_STATUS) in PENDING, seen
-    )
+    check.verdict("operation-status", "MUST", "", _pending(response), seen)
     try:
         document = response.json()
         ok = isinstance(document, dict) and "id" in document and "status" in document
@@ -171,11 +189,11 @@ def _timed(call: Callable[[], httpx.Response]) -> tuple[httpx.Response, float]:
 
 def _pending_clauses(check: Check, client: httpx.Client, operation: str) -> None:
     response, took = _timed(lambda: client.get(operation, headers={"prefer": "wait=0"}))
-    if response.headers.get(h.OPERATION_STATUS) in TERMINAL:
+    if _terminal(response):
         return  # the work ended already: nothing to pace
     check.verdict("wait-zero", "MUST", "", took < 1.0, f"after {took:.2f} s: {_describe(response)}")
     response, took = _timed(lambda: client.get(operation))
-    final = response.headers.get(h.OPERATION_STATUS) in TERMINAL
+    final = _terminal(response)
     check.verdict(
         "pacing", "MUST", "", took >= 0.5 or final, f"after {took:.2f} s: {_describe(response)}"
     )
@@ -185,7 +203,7 @@ def _outcome_clauses(check: Check, client: httpx.Client, operation: str) -> None
     deadline = time.monotonic() + check.timeout
     response = client.get(operation, headers={"prefer": "wait=10"})
     polls = 1
-    while response.headers.get(h.OPERATION_STATUS) in PENDING or (
+    while _pending(response) or (
         response.status_code in (202, 303)
         and h.OPERATION_STATUS not in response.headers
         and polls < 100
@@ -200,7 +218,7 @@ def _outcome_clauses(check: Check, client: httpx.Client, operation: str) -> None
         response = client.get(operation, headers={"prefer": "wait=10"})
         polls += 1
     ok = (
-        response.headers.get(h.OPERATION_STATUS) in TERMINAL
+        _terminal(response)
         and response.headers.get("content-location") is not None
         and urljoin(operation, response.headers["content-location"]) == operation
     )
@@ -242,12 +260,11 @@ def _cancel_clause(check: Check, client: httpx.Client, operation: str) -> None:
         check.verdict("cancel", "SHOULD", "", False, "DELETE: " + _describe(deleted))
         return
     outcome = client.get(operation, headers={"prefer": "wait=10"})
-    status = outcome.headers.get(h.OPERATION_STATUS)
     check.verdict(
         "cancel",
         "SHOULD",
         "",
-        status in TERMINAL,
+        _terminal(outcome),
         f"DELETE {deleted.status_code}, then {_describe(outcome)}",
     )
 

@@ -11,26 +11,23 @@ import time
 from typing import Any
 from urllib.parse import parse_qs
 
-from .._errors import require
+from .._errors import MissingExtraError
+from ..core._headers import PROBLEM_JSON
+from ..executors._in_process import InProcessExecutor
 
-require("fastapi", "cli")
+try:  # FastAPI brings pydantic
+    from fastapi import FastAPI, Request
+    from fastapi.encoders import jsonable_encoder
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse
+    from pydantic import BaseModel, Field, ValidationError
+except ModuleNotFoundError as exc:
+    raise MissingExtraError("cli", "fastapi") from exc
 
-from fastapi import FastAPI, Request  # noqa: E402 - after the extra check, for its clear message
-from fastapi.encoders import jsonable_encoder  # noqa: E402
-from fastapi.exceptions import RequestValidationError  # noqa: E402
-from fastapi.responses import HTMLResponse, JSONResponse  # noqa: E402
-from pydantic import (  # noqa: E402
-    BaseModel,
-    Field,
-    ValidationError,
-)
-
-from ..core._headers import PROBLEM_JSON  # noqa: E402
-from ..executors._in_process import InProcessExecutor  # noqa: E402
-from ..server._deferral import defer, deferred, report_progress  # noqa: E402
-from ..server._engine import PollingServer  # noqa: E402
-from ..server._install import install  # noqa: E402
-from ..server._routes import deferrable  # noqa: E402
+from ..server._deferral import defer, deferred, report_progress
+from ..server._engine import PollingServer
+from ..server._install import install
+from ..server._routes import deferrable
 
 
 class WorkRequest(BaseModel):

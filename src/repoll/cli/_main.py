@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .._errors import MissingExtraError, require
+from ..core._config import UrlPolicy
 
 DEMO_APP = "repoll.cli._demo:create_app"
 
@@ -125,6 +126,13 @@ def serve(
     if workers < 1:
         print("repoll: --workers must be at least 1", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        # Checked here, with a clear message; the app's server reads them
+        # from the environment below (in every worker process).
+        UrlPolicy(forwarded_allow_ips=forwarded_allow_ips or None, public_url=public_url or None)
+    except ValueError as exc:
+        print(f"repoll: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     store = store or os.environ.get("REPOLL_STORE")
     if workers > 1 and store and store.split("?")[0] in {"memory://", "memory", "sqlite://"}:
         # Each process would have its own private store: a poll answered by
@@ -180,7 +188,7 @@ def worker(args: argparse.Namespace) -> int:
     require("celery", "celery")
     import importlib  # noqa: PLC0415
 
-    from ..executors._celery import run_worker  # noqa: PLC0415
+    from ..executors._celery_worker import run_worker  # noqa: PLC0415
 
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())

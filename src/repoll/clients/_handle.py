@@ -10,6 +10,14 @@ does not block them.
 Each method is written once, as a generator that yields what to send (or how
 long to sleep) and receives the response, like httpx's ``Auth.auth_flow``;
 :class:`OperationHandle` and :class:`AsyncOperationHandle` only drive it.
+
+Every request to the operation (a poll, a status check, a cancel) carries the
+header fields the core names (:func:`~repoll.core._poll.poll_headers`), read
+from the request that started the operation as the client would build it
+now: the client's headers and its current cookies, with the ``headers=``
+given to :meth:`OperationHandle.start`. So a handle polls with the same
+fields as the transports, and cookies the server set meanwhile still go. The
+client's ``auth`` goes where the core sends credentials, and nowhere else.
 """
 
 from __future__ import annotations
@@ -20,31 +28,35 @@ import time
 from collections.abc import Generator
 from typing import Any, TypeVar
 
-from .._errors import require
-
-require("httpx", "client")
-
-import httpx  # noqa: E402 - after the extra check, for its clear message
-
-from .._errors import (  # noqa: E402
+from .. import _testing
+from .._errors import (
+    MissingExtraError,
     OperationCanceled,
     OperationExpired,
     OperationFailed,
     OperationNotFound,
 )
-from ..core import _headers as h  # noqa: E402
-from ..core._poll import (  # noqa: E402
+from ..core import _headers as h
+from ..core._poll import (
     Observed,
+    Poll,
     PollOptions,
     Sleep,
+    carries_credentials,
     hop_of,
     is_polling_response,
     poll_flow,
-    same_origin,
+    poll_headers,
 )
-from ..core._status import OperationStatus  # noqa: E402
-from ._httpx import CREDENTIAL_HEADERS, PASSTHROUGH_EXTENSION, observe, observe_error  # noqa: E402
-from ._runners import adrive, drive  # noqa: E402
+from ..core._status import OperationStatus
+from ._runners import AsyncSleeper, Sleeper, adrive, drive
+
+try:
+    import httpx
+except ModuleNotFoundError as exc:
+    raise MissingExtraError("client", "httpx") from exc
+
+from ._httpx import PASSTHROUGH_EXTENSION, observe, observe_error
 
 T = TypeVar("T")
 _PASSTHROUGH = {PASSTHROUGH_EXTENSION: True}
@@ -79,6 +91,7 @@ class _Handle:
         self.done = False
         self._last: Observed | None = None
         self._origin = self.url
+        self._headers: Any = None  # the headers= of the request that started it
 
     def __repr__(self) -> str:
         status = self.status.value if self.status else "unknown"
@@ -127,13 +140,26 @@ class _Handle:
 
     # --- flows --------------------------------------------------------------------
 
-    def _status_request(self, method: str) -> httpx.Request:
+    def _send_step(self, method: str, poll: Poll, *, tolerant: bool = False) -> _Send:
+        """``poll`` as an httpx request, with the fields and credentials the core gives it."""
+        original = self._client.build_request("GET", self._origin, headers=self._headers)
+        url = original.url.join(poll.url)
+        request = httpx.Request(
+            method,
+            url,
+            headers=poll_headers(original.headers, str(original.url), poll),
+            extensions={**original.extensions, **_PASSTHROUGH},
+        )
+        credentials = carries_credentials(str(original.url), str(url))
+        auth: Any = httpx.USE_CLIENT_DEFAULT if credentials else None
+        return _Send(request, auth, tolerant=tolerant)
+
+    def _status_step(self, method: str) -> _Send:
         prefer = h.format_prefer(respond_async=True, wait=0) or ""
-        request = self._client.build_request(method, self.url, headers={h.PREFER: prefer})
-        request.extensions.update(_PASSTHROUGH)
-        return request
+        return self._send_step(method, Poll(self.url, {h.PREFER: prefer}))
 
     def _start_flow(self, method: str, url: str, request: dict[str, Any]) -> Steps[None]:
+        self._headers = request.get("headers")
         built = self._client.build_request(method, url, **request)
         built.headers.setdefault(h.PREFER, "respond-async")
         built.extensions.update(_PASSTHROUGH)
@@ -147,10 +173,10 @@ class _Handle:
     def _poll_flow(self) -> Steps[OperationStatus | None]:
         if self.done:
             return self.status
-        request = self._status_request("GET")
-        response = yield _Send(request)
+        step = self._status_step("GET")
+        response = yield step
         assert isinstance(response, httpx.Response)
-        self._absorb(response, observe(response, request, response.content))
+        self._absorb(response, observe(response, step.request, response.content))
         return self.status
 
     def _wait_flow(self, timeout: float | None) -> Steps[httpx.Response]:
@@ -171,23 +197,13 @@ class _Handle:
                         yield action
                         action = flow.send(None)
                         continue
-                    request = self._client.build_request(
-                        "GET", action.url, headers=dict(action.headers)
-                    )
-                    request.extensions.update(_PASSTHROUGH)
-                    auth: Any = httpx.USE_CLIENT_DEFAULT
-                    if not same_origin(str(request.url), self._origin):
-                        # Never the client's credentials to another origin
-                        # (the flow refuses one unless allowed).
-                        auth = None
-                        for name in CREDENTIAL_HEADERS:
-                            request.headers.pop(name, None)
-                    reply = yield _Send(request, auth, tolerant=True)
+                    step = self._send_step("GET", action, tolerant=True)
+                    reply = yield step
                     if isinstance(reply, httpx.TransportError):
-                        action = flow.send(observe_error(reply, request))
+                        action = flow.send(observe_error(reply, step.request))
                         continue
                     assert isinstance(reply, httpx.Response)
-                    observed = observe(reply, request, reply.content)
+                    observed = observe(reply, step.request, reply.content)
                     self._absorb(reply, observed)
                     action = flow.send(observed)
             except StopIteration:
@@ -196,8 +212,8 @@ class _Handle:
         return self.response
 
     def _cancel_flow(self) -> Steps[OperationStatus | None]:
-        request = self._status_request("DELETE")
-        response = yield _Send(request)
+        step = self._status_step("DELETE")
+        response = yield step
         assert isinstance(response, httpx.Response)
         if response.status_code in (200, 202):
             value = response.headers.get(h.OPERATION_STATUS)
@@ -205,7 +221,7 @@ class _Handle:
             self._last = None  # the next wait() polls afresh
             self.done = False
         else:
-            self._absorb(response, observe(response, request, response.content))
+            self._absorb(response, observe(response, step.request, response.content))
         return self.status
 
 
@@ -215,9 +231,15 @@ class OperationHandle(_Handle):
     _client: httpx.Client
 
     def __init__(
-        self, client: httpx.Client, url: str, *, options: PollOptions | None = None
+        self,
+        client: httpx.Client,
+        url: str,
+        *,
+        options: PollOptions | None = None,
+        sleep: Sleeper | None = None,
     ) -> None:
         super().__init__(client, url, options)
+        self._sleep = sleep or _testing.sleep
 
     def _send(self, step: _Send) -> Reply:
         try:
@@ -228,7 +250,7 @@ class OperationHandle(_Handle):
             return exc
 
     def _drive(self, steps: Steps[T]) -> T:
-        return drive(steps, self._send)
+        return drive(steps, self._send, self._sleep)
 
     @classmethod
     def start(
@@ -238,24 +260,32 @@ class OperationHandle(_Handle):
         url: str,
         *,
         options: PollOptions | None = None,
+        sleep: Sleeper | None = None,
         **request: Any,
     ) -> OperationHandle:
         """Send the request and return at once with a handle on its operation.
 
         ``request`` takes :meth:`httpx.Client.build_request`'s arguments
         (``json=``, ``content=``, ``params=``, ``headers=``, ...). If the server
-        answered without deferring, the handle is already done.
+        answered without deferring, the handle is already done. ``sleep``
+        waits between polls (default: :func:`time.sleep`, skipped under
+        ``repoll.testing()``).
         """
-        handle = cls(client, url, options=options)
+        handle = cls(client, url, options=options, sleep=sleep)
         handle._drive(handle._start_flow(method, url, request))
         return handle
 
     @classmethod
     def resume(
-        cls, client: httpx.Client, url: str, *, options: PollOptions | None = None
+        cls,
+        client: httpx.Client,
+        url: str,
+        *,
+        options: PollOptions | None = None,
+        sleep: Sleeper | None = None,
     ) -> OperationHandle:
         """A handle on the operation at ``url`` (no request is sent yet)."""
-        return cls(client, url, options=options)
+        return cls(client, url, options=options, sleep=sleep)
 
     def poll(self) -> OperationStatus | None:
         """Ask once, without waiting, and return the status."""
@@ -286,9 +316,15 @@ class AsyncOperationHandle(_Handle):
     _client: httpx.AsyncClient
 
     def __init__(
-        self, client: httpx.AsyncClient, url: str, *, options: PollOptions | None = None
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        *,
+        options: PollOptions | None = None,
+        sleep: AsyncSleeper | None = None,
     ) -> None:
         super().__init__(client, url, options)
+        self._sleep = sleep or _testing.asleep
 
     async def _send(self, step: _Send) -> Reply:
         try:
@@ -299,7 +335,7 @@ class AsyncOperationHandle(_Handle):
             return exc
 
     async def _drive(self, steps: Steps[T]) -> T:
-        return await adrive(steps, self._send)
+        return await adrive(steps, self._send, self._sleep)
 
     @classmethod
     async def start(
@@ -309,19 +345,25 @@ class AsyncOperationHandle(_Handle):
         url: str,
         *,
         options: PollOptions | None = None,
+        sleep: AsyncSleeper | None = None,
         **request: Any,
     ) -> AsyncOperationHandle:
         """Send the request and return at once with a handle on its operation."""
-        handle = cls(client, url, options=options)
+        handle = cls(client, url, options=options, sleep=sleep)
         await handle._drive(handle._start_flow(method, url, request))
         return handle
 
     @classmethod
     def resume(
-        cls, client: httpx.AsyncClient, url: str, *, options: PollOptions | None = None
+        cls,
+        client: httpx.AsyncClient,
+        url: str,
+        *,
+        options: PollOptions | None = None,
+        sleep: AsyncSleeper | None = None,
     ) -> AsyncOperationHandle:
         """A handle on the operation at ``url`` (no request is sent yet)."""
-        return cls(client, url, options=options)
+        return cls(client, url, options=options, sleep=sleep)
 
     async def poll(self) -> OperationStatus | None:
         """Ask once, without waiting, and return the status."""

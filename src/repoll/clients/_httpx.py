@@ -1,17 +1,21 @@
-"""httpx transports that follow the polling protocol: thin shells around ``poll_flow``."""
+"""httpx transports that follow the polling protocol: thin shells around ``poll_flow``.
+
+The transport decides nothing. Whether a response needs polling
+(:func:`~repoll.core._poll.needs_polling`), where and when to poll
+(:func:`~repoll.core._poll.poll_flow`) and which header fields a poll carries
+(:func:`~repoll.core._poll.poll_headers`) are the core's; this module turns
+its answers into httpx requests and httpx responses back into
+:class:`~repoll.core._poll.Observed`.
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import replace
 
-from .._errors import require
-
-require("httpx", "client")
-
-import httpx  # noqa: E402 - after the extra check, for its clear message
-
-from ..core._poll import (  # noqa: E402
+from .. import _testing
+from .._errors import MissingExtraError
+from ..core._poll import (
     Hop,
     Observed,
     Poll,
@@ -19,28 +23,19 @@ from ..core._poll import (  # noqa: E402
     first_request_headers,
     needs_polling,
     poll_flow,
-    same_origin,
+    poll_headers,
 )
-from ._runners import Flow, adrive, drive  # noqa: E402
+from ._runners import AsyncSleeper, Flow, Sleeper, adrive, drive
 
-POLLING_STATUSES = frozenset({202, 303})
-
-
-def _may_poll(response: httpx.Response) -> bool:
-    # The cheap test first: most responses are neither 202/303 nor Azure-style.
-    return response.status_code in POLLING_STATUSES or (
-        response.status_code in (200, 201)
-        and ("operation-location" in response.headers or "azure-asyncoperation" in response.headers)
-    )
-
+try:
+    import httpx
+except ModuleNotFoundError as exc:
+    raise MissingExtraError("client", "httpx") from exc
 
 HOPS_EXTENSION = "repoll.hops"
 HISTORY_EXTENSION = "repoll.history"
 OPTIONS_EXTENSION = "repoll.options"
 PASSTHROUGH_EXTENSION = "repoll.passthrough"  # set by handles: return the first response
-# Credentials follow a poll only to the origin that received the original
-# request: a server must not be able to name another host and get them.
-CREDENTIAL_HEADERS = ("authorization", "cookie", "proxy-authorization")
 
 
 def observe(response: httpx.Response, request: httpx.Request, body: bytes = b"") -> Observed:
@@ -66,14 +61,28 @@ def observe_error(error: httpx.TransportError, request: httpx.Request) -> Observ
     )
 
 
+def needs_following(response: httpx.Response, request: httpx.Request) -> bool:
+    """The core's :func:`needs_polling`, asked of a response still unread (and streamable).
+
+    ``httpx.Headers`` looks names up case-insensitively, so it stands in for
+    the lower-cased copy :func:`observe` would make: most responses are
+    passed through, and they should cost no copy.
+    """
+    return needs_polling(
+        Observed(
+            method=request.method,
+            status=response.status_code,
+            headers=response.headers,
+            url=str(request.url),
+            at=0.0,
+        )
+    )
+
+
 def poll_request(original: httpx.Request, poll: Poll) -> httpx.Request:
-    """The GET for ``poll``, carrying the original's credentials only to its origin."""
+    """The GET for ``poll``, with the header fields the core gives it."""
     url = original.url.join(poll.url)
-    headers = {"accept": original.headers.get("accept", "*/*"), **poll.headers}
-    if same_origin(str(url), str(original.url)):
-        for name in CREDENTIAL_HEADERS:
-            if name in original.headers:
-                headers[name] = original.headers[name]
+    headers = poll_headers(original.headers, str(original.url), poll)
     extensions = {k: v for k, v in original.extensions.items() if k != HOPS_EXTENSION}
     return httpx.Request("GET", url, headers=headers, extensions=extensions)
 
@@ -138,16 +147,21 @@ class PollingTransport(httpx.BaseTransport):
     """
 
     def __init__(
-        self, transport: httpx.BaseTransport | None = None, *, options: PollOptions | None = None
+        self,
+        transport: httpx.BaseTransport | None = None,
+        *,
+        options: PollOptions | None = None,
+        sleep: Sleeper | None = None,
     ) -> None:
         self._inner = transport or httpx.HTTPTransport()
         self._shell = _Shell(options)
+        self._sleep = sleep or _testing.sleep
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if not self._shell.prepare(request):
             return self._inner.handle_request(request)
         response = self._inner.handle_request(request)
-        if not _may_poll(response) or not needs_polling(observe(response, request)):
+        if not needs_following(response, request):
             return response  # untouched, still streamable
         first = observe(response, request, response.read())
         response.close()
@@ -166,7 +180,7 @@ class PollingTransport(httpx.BaseTransport):
             history.append(reply)
             return observe(reply, poll_req, body)
 
-        drive(self._shell.flow(request, first, hops), send)
+        drive(self._shell.flow(request, first, hops), send, self._sleep)
         return finish(history[-1], history, hops)
 
     def close(self) -> None:
@@ -174,22 +188,28 @@ class PollingTransport(httpx.BaseTransport):
 
 
 class AsyncPollingTransport(httpx.AsyncBaseTransport):
-    """The async twin of :class:`PollingTransport`, driving the same flow."""
+    """The async twin of :class:`PollingTransport`, driving the same flow.
+
+    ``sleep`` is awaited between polls (default: :func:`asyncio.sleep`,
+    skipped under ``repoll.testing()``).
+    """
 
     def __init__(
         self,
         transport: httpx.AsyncBaseTransport | None = None,
         *,
         options: PollOptions | None = None,
+        sleep: AsyncSleeper | None = None,
     ) -> None:
         self._inner = transport or httpx.AsyncHTTPTransport()
         self._shell = _Shell(options)
+        self._sleep = sleep or _testing.asleep
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if not self._shell.prepare(request):
             return await self._inner.handle_async_request(request)
         response = await self._inner.handle_async_request(request)
-        if not _may_poll(response) or not needs_polling(observe(response, request)):
+        if not needs_following(response, request):
             return response  # untouched, still streamable
         first = observe(response, request, await response.aread())
         await response.aclose()
@@ -208,7 +228,7 @@ class AsyncPollingTransport(httpx.AsyncBaseTransport):
             history.append(reply)
             return observe(reply, poll_req, body)
 
-        await adrive(self._shell.flow(request, first, hops), send)
+        await adrive(self._shell.flow(request, first, hops), send, self._sleep)
         return finish(history[-1], history, hops)
 
     async def aclose(self) -> None:

@@ -1,4 +1,11 @@
-"""A requests transport adapter that follows the polling protocol (blocking use)."""
+"""A requests transport adapter that follows the polling protocol (blocking use).
+
+Like the httpx transports, the adapter decides nothing: the core says whether
+a response needs polling, drives the polls, and names each poll's header
+fields (:func:`~repoll.core._poll.poll_headers`, from the original prepared
+request's, which the session has already merged its headers and cookies
+into); the adapter sends them with requests and reports what came back.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +14,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from .._errors import require
-
-require("requests", "requests")
-
-import requests  # noqa: E402 - after the extra check, for its clear message
-from requests.adapters import HTTPAdapter  # noqa: E402
-
-from ..core._poll import (  # noqa: E402
+from .. import _testing
+from .._errors import MissingExtraError
+from ..core._poll import (
     Hop,
     Observed,
     Poll,
@@ -22,11 +24,15 @@ from ..core._poll import (  # noqa: E402
     first_request_headers,
     needs_polling,
     poll_flow,
-    same_origin,
+    poll_headers,
 )
-from ._runners import drive  # noqa: E402
+from ._runners import Sleeper, drive
 
-_CREDENTIAL_HEADERS = ("Authorization", "Cookie", "Proxy-Authorization")
+try:
+    import requests
+    from requests.adapters import HTTPAdapter
+except ModuleNotFoundError as exc:
+    raise MissingExtraError("requests", "requests") from exc
 
 
 def _observe(response: requests.Response, method: str, url: str, body: bytes = b"") -> Observed:
@@ -49,12 +55,16 @@ class PollingAdapter(HTTPAdapter):
         session.mount("https://", adapter)
 
     The final response carries the polling responses in ``response.history``
-    and the hops in ``response.repoll_hops``.
+    and the hops in ``response.repoll_hops``. ``sleep`` waits between polls
+    (default: :func:`time.sleep`, skipped under ``repoll.testing()``).
     """
 
-    def __init__(self, *, options: PollOptions | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *, options: PollOptions | None = None, sleep: Sleeper | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.options = options or PollOptions()
+        self._sleep = sleep or _testing.sleep
 
     def send(  # noqa: PLR0917 - requests' own signature
         self,
@@ -88,11 +98,7 @@ class PollingAdapter(HTTPAdapter):
                 user_callback(hop)
 
         def send_poll(poll: Poll) -> Observed:
-            headers = dict(poll.headers)
-            if same_origin(poll.url, url):
-                for name in _CREDENTIAL_HEADERS:
-                    if name in request.headers:
-                        headers[name] = request.headers[name]
+            headers = poll_headers(request.headers, url, poll)
             prepared = requests.Request("GET", poll.url, headers=headers).prepare()
             try:
                 reply = super(PollingAdapter, self).send(prepared, stream=False, **settings)
@@ -104,7 +110,7 @@ class PollingAdapter(HTTPAdapter):
             return _observe(reply, "GET", poll.url, reply.content)
 
         options = dataclasses.replace(self.options, on_progress=record)
-        drive(poll_flow(first, options, wall_clock=time.time), send_poll)
+        drive(poll_flow(first, options, wall_clock=time.time), send_poll, self._sleep)
         final = history[-1]
         final.history = history[:-1]
         final.repoll_hops = hops  # type: ignore[attr-defined]

@@ -2,14 +2,22 @@
 
 A flow is a generator that yields :class:`Sleep` (wait that long) or an action
 for ``send`` (a poll, a request), and receives what ``send`` returned.
+
+Waiting is the runner's only dealing with time, and it is injected: ``sleep``
+(``asleep`` for the async runner) is called with every :class:`Sleep`'s
+seconds. Tests pass one that returns at once, or one that advances a fake
+clock; the shells pass :func:`repoll._testing.sleep` unless given another, so
+that the user's ``repoll.testing()`` switch still reaches runners they cannot
+construct themselves.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable, Generator
 from typing import TypeVar
 
-from .. import _testing
 from ..core._poll import Action, Observed, Sleep
 
 A = TypeVar("A")  # what the flow asks to send
@@ -17,15 +25,21 @@ R = TypeVar("R")  # what sending gives back
 T = TypeVar("T")  # what the flow ends with
 
 Flow = Generator[Action, Observed | None, Observed]
+Sleeper = Callable[[float], None]
+AsyncSleeper = Callable[[float], Awaitable[None]]
 
 
-def drive(flow: Generator[Sleep | A, R | None, T], send: Callable[[A], R]) -> T:
+def drive(
+    flow: Generator[Sleep | A, R | None, T],
+    send: Callable[[A], R],
+    sleep: Sleeper = time.sleep,
+) -> T:
     """Run ``flow`` to its end, sleeping and sending as it asks."""
     try:
         action = next(flow)
         while True:
             if isinstance(action, Sleep):
-                _testing.sleep(action.seconds)
+                sleep(action.seconds)
                 action = flow.send(None)
             else:
                 action = flow.send(send(action))
@@ -34,13 +48,17 @@ def drive(flow: Generator[Sleep | A, R | None, T], send: Callable[[A], R]) -> T:
         return result
 
 
-async def adrive(flow: Generator[Sleep | A, R | None, T], send: Callable[[A], Awaitable[R]]) -> T:
+async def adrive(
+    flow: Generator[Sleep | A, R | None, T],
+    send: Callable[[A], Awaitable[R]],
+    sleep: AsyncSleeper = asyncio.sleep,
+) -> T:
     """The same as :func:`drive`, for an event loop."""
     try:
         action = next(flow)
         while True:
             if isinstance(action, Sleep):
-                await _testing.asleep(action.seconds)
+                await sleep(action.seconds)
                 action = flow.send(None)
             else:
                 action = flow.send(await send(action))

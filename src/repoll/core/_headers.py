@@ -32,6 +32,21 @@ RETRY_AFTER_MS: Final = "retry-after-ms"
 PREFER: Final = "prefer"
 PREFERENCE_APPLIED: Final = "preference-applied"
 PROBLEM_JSON: Final = "application/problem+json"
+# Fields that carry credentials by a widespread convention: a client sends
+# them on a poll only to the origin that received them (the API key fields
+# included, since a repoll server takes them for the principal that owns an
+# operation: a poll without them would find no operation).
+CREDENTIAL_FIELDS: Final = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "x-api-key",
+        "api-key",
+        "ocp-apim-subscription-key",
+        "x-auth-token",
+    }
+)
 
 # Ids carry 128 random bits, URL-safe base64 without padding: 22 characters.
 _ID_BYTES: Final = 16
@@ -94,6 +109,19 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
         return None
     delay = when.timestamp() - now
     return min(max(delay, 0.0), _MAX_DELAY_S)
+
+
+def parse_delay_seconds(value: str | None) -> float | None:
+    """Seconds from ``Retry-After``'s delay-seconds form only (ASCII digits), else None.
+
+    For those who must tell the form a server used (``repoll check``: the
+    protocol asks for whole seconds); clients read either form with
+    :func:`parse_retry_after`.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    return _seconds(text) if _is_digits(text) else None
 
 
 def parse_retry_after_ms(value: str | None) -> float | None:

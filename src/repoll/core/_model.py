@@ -21,21 +21,6 @@ class StoredResponse:
     headers: tuple[tuple[str, str], ...]
     body: bytes
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "status": self.status,
-            "headers": [list(pair) for pair in self.headers],
-            "body": self.body.decode("latin-1"),
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> StoredResponse:
-        return cls(
-            status=int(data["status"]),
-            headers=tuple((str(k), str(v)) for k, v in data["headers"]),
-            body=str(data["body"]).encode("latin-1"),
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class Operation:
@@ -98,6 +83,16 @@ class Operation:
             value = changes[name] if name in changes else getattr(self, name)
             object.__setattr__(copy, name, value)
         return copy
+
+    def is_expired(self, now: float) -> bool:
+        """Whether the outcome's retention time has passed (the store may still hold it)."""
+        return self.expires_at is not None and self.expires_at <= now
+
+    def with_cancel_requested(self, *, now: float) -> Operation | None:
+        """The record asking its work to stop, or None: it has ended or already asks."""
+        if self.status.is_terminal or self.cancel_requested:
+            return None
+        return self.evolve(cancel_requested=True, updated_at=now)
 
     def with_progress(
         self, progress: float | None, message: str | None, *, now: float

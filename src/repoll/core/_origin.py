@@ -10,7 +10,7 @@ So operation URLs are paths by default (``/operations/{id}``, below the ASGI
 ``root_path``): RFC 9110 lets ``Location`` be relative, every mainstream
 client and browser resolves it against the URL it requested, and a path is
 right behind any proxy that does not rewrite paths. An absolute URL is sent
-only when it is asked for (``absolute_urls=True``), when a public base URL is
+only when it is asked for (``UrlPolicy(absolute_urls=True)``), when a public base URL is
 configured, or to a client known not to resolve relative references; it is
 then built from, in order of preference:
 

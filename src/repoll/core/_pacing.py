@@ -14,6 +14,17 @@ estimate uses what the server knows about this operation and its kind:
 
 The result is clamped to ``[min_interval, max_interval]``. This is advice,
 not wire format: the protocol only says Retry-After is the server's estimate.
+
+Holds
+-----
+Standard clients follow a ``303`` at once, whatever its Retry-After says, so
+the server paces them by holding their polls (:func:`hold_seconds`): a status
+poll is held for the advertised interval (``Prefer: wait=N`` overrides it),
+a start only when it asks with ``Prefer: wait``, a progress page never (a
+person sees it at once; its ``Refresh`` paces the browser). A ``DELETE`` on
+running work waits ``cancel_hold`` for the work to stop, and an event stream
+re-reads the record every ``stream_refresh`` for progress. The shell only
+measures time and waits; every length comes from here.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ._headers import Preferences
+from ._model import Operation
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +48,13 @@ class PacingPolicy:
     # ``min_hold`` seconds.
     min_hold: float = 1.0
     max_hold: float = 30.0
+    # A DELETE on running work waits this long for it to stop: cooperative
+    # cancellation usually lands within a moment, and then the answer is the
+    # outcome (200) instead of "stopping" (202).
+    cancel_hold: float = 1.0
+    # An event stream re-reads the record this often for progress; ends
+    # arrive at once whatever it is.
+    stream_refresh: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_interval <= self.max_interval:
@@ -43,6 +62,12 @@ class PacingPolicy:
             raise ValueError(msg)
         if not 0 <= self.min_hold <= self.max_hold:
             msg = "need 0 <= min_hold <= max_hold"
+            raise ValueError(msg)
+        if self.cancel_hold < 0:
+            msg = "need 0 <= cancel_hold"
+            raise ValueError(msg)
+        if not self.stream_refresh > 0:
+            msg = "need 0 < stream_refresh"
             raise ValueError(msg)
 
 
@@ -57,6 +82,32 @@ class WorkSnapshot:
     queued_ahead: int = 0
     concurrency: int = 1
     load: float = 0.0
+
+
+def work_snapshot(
+    operation: Operation,
+    now: float,
+    *,
+    typical_duration: float | None = None,
+    queued_ahead: int = 0,
+    concurrency: int = 1,
+    load: float = 0.0,
+) -> WorkSnapshot:
+    """What ``operation``'s record says about its work at ``now``.
+
+    Ages are never negative: clocks of different hosts sharing a store may
+    disagree a little.
+    """
+    started = operation.started_at
+    return WorkSnapshot(
+        age=max(now - operation.created_at, 0.0),
+        running_for=None if started is None else max(now - started, 0.0),
+        progress=operation.progress,
+        typical_duration=typical_duration,
+        queued_ahead=queued_ahead,
+        concurrency=concurrency,
+        load=load,
+    )
 
 
 def estimate_interval(work: WorkSnapshot, policy: PacingPolicy) -> float:
@@ -81,15 +132,28 @@ def estimate_interval(work: WorkSnapshot, policy: PacingPolicy) -> float:
     return min(max(remaining, policy.min_interval), policy.max_interval)
 
 
-def hold_seconds(preferences: Preferences, advertised: float, policy: PacingPolicy) -> float:
-    """How long to hold a status request before answering "not yet".
+def hold_seconds(
+    preferences: Preferences,
+    advertised: float | None,
+    policy: PacingPolicy,
+    *,
+    page: bool = False,
+) -> float:
+    """How long to hold a request before answering "not yet".
 
-    ``Prefer: wait=N`` asks for N seconds (0 answers at once); without it the
-    hold is the interval the server advertises, at least ``min_hold``. Both are
-    capped by ``max_hold``.
+    A progress page (``page``) is never held: a person sees it at once, and
+    its ``Refresh`` paces the browser. Otherwise ``Prefer: wait=N`` asks for
+    N seconds (0 answers at once); without it a status poll is held for the
+    interval the server advertises, at least ``min_hold``, and a start
+    (``advertised`` None: its answer is the first redirect, nothing to pace
+    yet) is not held. Every hold is capped by ``max_hold``.
     """
+    if page:
+        return 0.0
     if preferences.wait is not None:
         return min(preferences.wait, policy.max_hold)
+    if advertised is None:
+        return 0.0
     return min(max(advertised, policy.min_hold), policy.max_hold)
 
 

@@ -35,6 +35,13 @@ Each turn of the loop decides, in this order:
 Runners (sync and async, httpx and requests) only translate: they never
 decide. Time enters through ``Observed.at``, which the runner stamps with a
 monotonic clock reading, so the flow is deterministic under test.
+
+Two more decisions every client needs are made here, once, so that the
+httpx transports, the requests adapter and the handles cannot drift apart:
+:func:`needs_polling` (is this first response one to follow?) and
+:func:`poll_headers` (which of the original request's header fields a poll
+carries: ``Accept`` and ``User-Agent`` always, credentials only to the
+original's origin, then the flow's own ``Prefer``).
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ import json
 import random
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
+from typing import Final
 from urllib.parse import urljoin, urlsplit
 
 from .._errors import CrossOriginError, OperationError, PollingTimeout, ProtocolError
@@ -159,8 +167,20 @@ def azure_monitor(response: Observed) -> str | None:
     return None
 
 
+# Every status a first response needing polling can have (see the two tests
+# below): clients ask this before anything else, so most responses cost one
+# set lookup.
+_STARTING_STATUSES = frozenset({200, 201, 202, 303})
+
+
 def needs_polling(response: Observed) -> bool:
-    """The first response starts something to follow: repoll, plain 202, or Azure-style."""
+    """The first response starts something to follow: repoll, plain 202, or Azure-style.
+
+    This is the only test the clients make before following a response: they
+    pass every response here, untouched, and follow it when this says so.
+    """
+    if response.status not in _STARTING_STATUSES:
+        return False
     return is_polling_response(response) or azure_monitor(response) is not None
 
 
@@ -211,6 +231,74 @@ def _origin(url: str) -> tuple[str, str | None, int | None]:
     if port is None:
         port = _DEFAULT_PORTS.get(parts.scheme.lower())
     return (parts.scheme.lower(), parts.hostname, port)
+
+
+# The poll continues the caller's request: it goes out with the caller's
+# fields (its API key, its User-Agent, its trace context, a tenant header...),
+# except those that belong to the original request alone: what describes its
+# body, its conditions (If-Match would make a GET of the status fail), its
+# Prefer and Idempotency-Key (the flow writes its own Prefer), and the fields
+# of the connection, which the HTTP library writes for each request.
+NOT_CARRIED: Final = frozenset(
+    {
+        "content-type",
+        "content-length",
+        "content-encoding",
+        "content-language",
+        "content-location",
+        "content-md5",
+        "content-range",
+        "transfer-encoding",
+        "expect",
+        "if-match",
+        "if-none-match",
+        "if-modified-since",
+        "if-unmodified-since",
+        "if-range",
+        "range",
+        "idempotency-key",
+        "prefer",
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+    }
+)
+
+
+def carries_credentials(original_url: str, poll_url: str) -> bool:
+    """True if a poll of ``poll_url`` may carry the credentials sent to ``original_url``.
+
+    Only to the origin that received them: a server must not be able to name
+    another host in Location and collect the caller's credentials there.
+    """
+    return same_origin(urljoin(original_url, poll_url), original_url)
+
+
+def poll_headers(original: Mapping[str, str], original_url: str, poll: Poll) -> dict[str, str]:
+    """The header fields of ``poll``, from the original request's fields; lower-case names.
+
+    The one rule every client follows (each only translates the result into
+    its library's request): the original's fields but those in
+    :data:`NOT_CARRIED` (``Accept`` is ``*/*`` without one), minus its
+    credentials (:data:`~repoll.core._headers.CREDENTIAL_FIELDS`) when the
+    poll goes to another origin, plus the flow's own fields (``Prefer``).
+    ``original`` may be any mapping (httpx's or requests' case-insensitive
+    ones included); duplicate fields arrive joined, as those mappings give
+    them.
+    """
+    credentials = carries_credentials(original_url, poll.url)
+    headers = {"accept": "*/*"}
+    for name, value in original.items():
+        lower = name.lower()
+        if lower in NOT_CARRIED or (not credentials and lower in h.CREDENTIAL_FIELDS):
+            continue
+        headers[lower] = value
+    headers.update((name.lower(), value) for name, value in poll.headers.items())
+    return headers
 
 
 def hop_of(response: Observed, *, wall_now: float, next_poll_in: float | None = None) -> Hop:

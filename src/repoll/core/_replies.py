@@ -2,22 +2,34 @@
 
 Each function turns an operation record (and what the request prefers) into a
 :class:`Reply`: status, header fields and body. The ASGI layer only sends it.
+
+The shell gathers the facts (the record it read, the time, the interval it
+advertises, the request's ``Accept``, ``Prefer`` and ``Origin``) and calls:
+
+* :func:`answer` for every status answer (a poll, a waiting start, a repeated
+  ``Idempotency-Key``): expired, final, progress page or pending;
+* :func:`cancel_now` for a ``DELETE``: the answer that needs no waiting, or
+  None when the work must first be asked to stop (then, after the hold,
+  :func:`cancel_answer`);
+* :func:`operation_request` to sort a request on an operation URL;
+* the problem documents (``not_found``, ``expired``, ``body_too_large``, ...)
+  and the event-stream pieces (:func:`stream_start`, :func:`stream_event`).
 """
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import html
 import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
-from .._errors import OperationCanceled
 from . import _headers as h
 from ._headers import Preferences
 from ._model import Operation, StoredResponse
-from ._status import Event, OperationStatus
+from ._status import Ending, Event, OperationStatus
 
 Headers = list[tuple[str, str]]
 
@@ -54,6 +66,52 @@ def pending(
         status = 202
         headers.append((h.PREFERENCE_APPLIED, "respond-async"))
     return Reply(status, headers, operation.status_json())
+
+
+def wants_page(accept: str, preferences: Preferences) -> bool:
+    """A browser navigating (it accepts HTML), not a script that asked for 202."""
+    if preferences.respond_async:
+        return False
+    return "text/html" in accept
+
+
+def answer(
+    operation: Operation | None,
+    *,
+    now: float,
+    interval: float,
+    page: bool,
+    preferences: Preferences,
+    operation_url: str,
+    origin: str = "",
+    cors_origins: frozenset[str] = frozenset(),
+) -> Reply:
+    """What to send for ``operation`` at ``now``: not found, expired, final, page or pending.
+
+    ``interval`` is the Retry-After the server advertises for it, ``page``
+    whether the request wants a progress page (:func:`wants_page`). A start
+    that asked for ``respond-async`` keeps getting 202 on every poll, so a
+    poller that never repeats the preference (azure-core, say) keeps its
+    style. Every answer carries the CORS fields of a listed origin, so that
+    a script on it can read a 404 or 410 as well as the outcome.
+    """
+    if operation is None:
+        return with_cors(not_found(), origin, cors_origins)
+    if operation.is_expired(now):
+        return with_cors(expired(operation), origin, cors_origins)
+    if operation.status.is_terminal:
+        return final(
+            operation, operation_url=operation_url, origin=origin, cors_origins=cors_origins
+        )
+    if page:
+        reply = progress_page(operation, operation_url=operation_url, interval=interval, now=now)
+    else:
+        if operation.respond_async and not preferences.respond_async:
+            preferences = dataclasses.replace(preferences, respond_async=True)
+        reply = pending(
+            operation, operation_url=operation_url, preferences=preferences, interval=interval
+        )
+    return with_cors(reply, origin, cors_origins)
 
 
 def progress_page(
@@ -102,6 +160,66 @@ progress: <strong>{percent}</strong>, elapsed: <span id="elapsed">{elapsed:.0f} 
 def sse_event(event: str, data: bytes) -> bytes:
     """One server-sent event; ``data`` is one line of JSON."""
     return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
+
+
+def stream_start(origin: str, cors_origins: frozenset[str]) -> Reply:
+    """The head of an event stream (its events follow as more body)."""
+    headers: Headers = [
+        ("content-type", "text/event-stream"),
+        ("cache-control", "no-store"),
+        # nginx buffers responses by default, which would hold every event back.
+        ("x-accel-buffering", "no"),
+        *cors_headers(origin, cors_origins),
+    ]
+    return Reply(200, headers, b"")
+
+
+def stream_event(operation: Operation, *, retry: float | None = None) -> bytes:
+    """The event for ``operation``'s current state: ``status``, or ``outcome`` once it ended.
+
+    The outcome carries the endpoint's status code (``response_status``): the
+    body itself is fetched from the operation URL. ``retry`` (seconds) tells
+    the browser's EventSource when to come back, for a stream that ends early.
+    """
+    event = "outcome" if operation.status.is_terminal else "status"
+    document = operation.status_document()
+    if operation.response is not None:
+        document["response_status"] = operation.response.status
+    body = sse_event(event, json.dumps(document, separators=(",", ":")).encode())
+    if retry is not None:
+        body = f"retry: {round(retry * 1000)}\n".encode() + body
+    return body
+
+
+OperationRequest = Literal["preflight", "module", "stream", "cancel", "status", "not-allowed"]
+
+
+def operation_request(method: str, name: str, accept: str, *, module: str) -> OperationRequest:
+    """What a request on an operation URL asks for; ``name`` is the path's last segment.
+
+    ``module`` is the name the browser client module is served under: it
+    is never a valid operation id, so it cannot hide one.
+    """
+    if method == "OPTIONS":
+        return "preflight"
+    if name == module and method in {"GET", "HEAD"}:
+        return "module"
+    if method == "GET" and "text/event-stream" in accept:
+        return "stream"
+    if method == "DELETE":
+        return "cancel"
+    if method in {"GET", "HEAD"}:
+        return "status"
+    return "not-allowed"
+
+
+def client_module(source: bytes) -> Reply:
+    """The browser client module (``repoll.js``), cacheable for an hour."""
+    return Reply(
+        200,
+        [("content-type", "text/javascript; charset=utf-8"), ("cache-control", "max-age=3600")],
+        source,
+    )
 
 
 CORS_EXPOSED = (
@@ -207,6 +325,38 @@ def cancel_answer(operation: Operation) -> Reply:
     return status_only(operation, status=200 if operation.status.is_terminal else 202)
 
 
+def cancel_now(operation: Operation | None, now: float) -> Reply | None:
+    """The answer to DELETE that needs no waiting, or None while the work runs.
+
+    Not found, expired and already ended are answered at once (canceling
+    ended work is no error: the answer is its status). None means: ask the
+    work to stop, hold up to ``PacingPolicy.cancel_hold`` for it to, and
+    answer :func:`cancel_answer` with the record then.
+    """
+    if operation is None:
+        return not_found()
+    if operation.is_expired(now):
+        return expired(operation)
+    if operation.status.is_terminal:
+        return cancel_answer(operation)
+    return None
+
+
+def cancel_by_record(operation: Operation, *, running_here: bool) -> bool:
+    """Whether a cancellation ends ``operation`` by its record alone.
+
+    Work that has not started and is not in this process's hands has
+    nothing to stop: it is marked canceled at once. Running work stops
+    itself (cooperatively) and records that it did.
+    """
+    return not running_here and operation.status is OperationStatus.QUEUED
+
+
+def canceled_on_request() -> tuple[Event, StoredResponse, str]:
+    """How an operation canceled on request ends: (event, stored problem, message)."""
+    return Event.CANCEL, canceled_response(), "Canceled on request."
+
+
 def problem(
     status: int,
     title: str,
@@ -232,6 +382,19 @@ def expired(operation: Operation) -> Reply:
         "The operation's outcome was kept for its retention time and then discarded.",
         kind="operation-expired",
     )
+
+
+def declares_too_large(content_length: str, limit: int) -> bool:
+    """Whether a ``Content-Length`` value already says the body is over ``limit``.
+
+    A value of more digits than any real length is refused without int(),
+    which would spend quadratic time on it; a malformed one says nothing
+    (the body is counted as it arrives).
+    """
+    if len(content_length) > 18:
+        return True
+    declared = int(content_length) if content_length.isascii() and content_length.isdigit() else 0
+    return declared > limit
 
 
 def body_too_large(limit: int) -> Reply:
@@ -309,6 +472,24 @@ def lost_response(reason: str) -> StoredResponse:
     return stored_problem(500, "The operation was lost", reason, kind="operation-lost")
 
 
+def lost_at_restart(status: OperationStatus) -> str:
+    """Why unfinished work left by this process's previous life is lost."""
+    return (
+        f"The server stopped while the operation was {status.value}; "
+        "its work was lost. Start it again."
+    )
+
+
+def lost_with_owner(owner: str) -> str:
+    """Why the unfinished work of a process that stopped heartbeating is lost."""
+    return (
+        f"The process running the operation ({owner}) stopped. Its work was lost; start it again."
+    )
+
+
+LOST_AT_SHUTDOWN = "The server shut down before the work finished."
+
+
 def unstorable_response() -> StoredResponse:
     return stored_problem(
         500,
@@ -319,27 +500,33 @@ def unstorable_response() -> StoredResponse:
 
 
 def interrupted_outcome(
-    exc: BaseException | None, *, cancel_requested: bool
+    ending: Ending, *, cancel_requested: bool, raised: BaseException | None = None
 ) -> tuple[Event, StoredResponse, str]:
     """How work that ended without a response ends: (event, stored problem, message).
 
-    Cancellation that was asked for is ``canceled``; a cancellation nobody
-    asked for (a shutdown) means the work was lost; anything raised is a
-    failure whose type, not message, the client sees.
+    The one classification for in-process and worker work alike (docs/protocol.md
+    7.1, 8.2). Cancellation that was asked for is ``canceled``, whether the
+    task was cancelled or the work stopped itself (``raise_if_canceled``); a
+    cancellation nobody asked for (a shutdown) means the work was lost;
+    ``OperationCanceled`` raised by work nobody asked to stop is a failure
+    like any other exception, whose type, not message, the client sees.
+    The shell says how the work ended (``ending``) and what it raised
+    (``raised``, only for its type's name), so no exception type of asyncio's
+    is looked at here.
     """
-    cancelled = isinstance(exc, asyncio.CancelledError | OperationCanceled)
-    if cancel_requested and cancelled:
+    stopped = ending is Ending.CANCELLED or ending is Ending.STOPPED
+    if cancel_requested and stopped:
         return Event.CANCEL, canceled_response(), "Canceled on request."
-    if isinstance(exc, asyncio.CancelledError):
+    if ending is Ending.CANCELLED:
         reason = "The server stopped the work before it finished."
         return Event.LOSE, lost_response(reason), reason
-    if exc is None:
+    if raised is None:
         reason = "The work ended without a response."
         return Event.FINISH_ERROR, lost_response(reason), reason
     return (
         Event.FINISH_ERROR,
-        handler_error_response(exc),
-        f"The endpoint raised {type(exc).__name__}.",
+        handler_error_response(raised),
+        f"The endpoint raised {type(raised).__name__}.",
     )
 
 

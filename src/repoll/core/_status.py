@@ -12,6 +12,18 @@ of three terminal states:
 * ``canceled``: a client asked for cancellation (``DELETE``) and the work
   stopped before it produced a response.
 
+One change keeps the state: a Celery worker taking over an operation whose
+worker died (``TAKE_OVER``, only for work declared safe to run again). The
+status stays ``running``, but the work starts again under a new owner; going
+through the table means it can happen only to running work, never to queued
+or ended work.
+
+How work that produced no response ended is told to the core as an
+:class:`Ending`, a plain value: the shells (the server's deferral and the
+Celery worker) translate what asyncio raised into it, and
+``_replies.interrupted_outcome`` decides the event and the stored problem, the
+same way for both.
+
 Every change of state goes through :func:`transition`, which reads the table
 below. Stores apply a transition as a compare-and-set on the current state, so
 two racers (say, the work finishing and a ``DELETE`` arriving) can never both
@@ -51,6 +63,22 @@ class Event(enum.Enum):
     FINISH_ERROR = "finish_error"  # the endpoint answered 4xx/5xx or raised
     LOSE = "lose"  # the server lost the work (restart, shutdown, worker death)
     CANCEL = "cancel"  # cancellation took effect
+    TAKE_OVER = "take_over"  # a worker re-runs work whose worker died (rerun=True)
+
+
+class Ending(enum.Enum):
+    """How work ended without a response, in the core's terms (no exception types).
+
+    A client's cancellation request decides between the first two: work
+    stopped by a cancellation that was asked for is ``canceled``; a
+    cancellation nobody asked for (a shutdown, a library cancelling its
+    caller) means the work was lost.
+    """
+
+    CANCELLED = "cancelled"  # the task running the work was cancelled
+    STOPPED = "stopped"  # the work raised OperationCanceled (raise_if_canceled)
+    RAISED = "raised"  # the work raised anything else
+    NO_RESPONSE = "no_response"  # the work returned without a complete response
 
 
 TERMINAL_STATUSES: Final = frozenset(
@@ -74,6 +102,7 @@ TRANSITIONS: Final[dict[tuple[OperationStatus, Event], OperationStatus]] = {
     (_R, Event.FINISH_ERROR): _F,
     (_R, Event.LOSE): _F,
     (_R, Event.CANCEL): _C,
+    (_R, Event.TAKE_OVER): _R,
 }
 
 

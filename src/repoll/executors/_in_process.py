@@ -1,4 +1,12 @@
-"""Where deferred work runs: the executor interface and the in-process executor."""
+"""Where deferred work runs: the executor interface and the in-process executor.
+
+An executor either runs the work here (:class:`Executor` alone: the server
+gives the work a slot, runs it, and records its outcome) or sends it
+elsewhere (:class:`RemoteExecutor`: it also has ``hand_off``, and the process
+that runs the work starts the operation and records its outcome). The server
+asks which one it has through :func:`remote_executor`, the one place that
+looks, rather than probing for attributes wherever it matters.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +16,10 @@ import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, runtime_checkable
+
+if TYPE_CHECKING:
+    from ..server._deferral import RunningOperation
 
 T = TypeVar("T")
 
@@ -42,6 +53,45 @@ class Executor(Protocol):
 
     async def shutdown(self, grace: float) -> list[str]:
         """Let work finish for ``grace`` seconds, cancel the rest; return their ids."""
+
+
+@runtime_checkable
+class RemoteExecutor(Protocol):
+    """An executor whose work runs in another process (a Celery worker, say).
+
+    Instead of running the endpoint here, the server hands its validated
+    arguments over; the other process starts the operation, runs the work
+    and writes its outcome to the shared store.
+    """
+
+    async def hand_off(
+        self,
+        running: RunningOperation,
+        name: str,
+        endpoint: Callable[..., Any],
+        args: Any,
+        kwargs: Any,
+        *,
+        status_code: int,
+        rerun: bool,
+    ) -> None:
+        """Send the call of ``endpoint`` (registered as ``name``) to where it will run."""
+
+
+_REMOTE_BY_CLASS: dict[type, bool] = {}
+
+
+def remote_executor(executor: Executor) -> RemoteExecutor | None:
+    """``executor`` as a :class:`RemoteExecutor`, or None if it runs work here.
+
+    Asked on every start: the answer is kept per class, because a runtime
+    protocol check reads every member of the protocol each time (microseconds).
+    """
+    kind = type(executor)
+    remote = _REMOTE_BY_CLASS.get(kind)
+    if remote is None:
+        remote = _REMOTE_BY_CLASS[kind] = isinstance(executor, RemoteExecutor)
+    return cast("RemoteExecutor", executor) if remote else None
 
 
 class _Slot:

@@ -16,6 +16,14 @@ record's tracking) is given back on every path: if anything fails before
 the operation exists, :meth:`DeferrableRequest.defer` undoes what it took
 before re-raising; once it exists, :meth:`DeferrableRequest.run_app`
 records its outcome and releases the rest, whatever the work did.
+
+Work here and work on a Celery worker are one kind of work: the handle the
+endpoint talks to (:class:`RunningOperation`) is the worker's
+:class:`~repoll.executors._work.WorkHandle` too, and how the work ended
+is classified by the same core function for both. Whether the work runs
+here at all is the executor's to say, through its protocol
+(:class:`~repoll.executors._in_process.RemoteExecutor`): a remote executor's
+work is handed off after ``defer()``, and the worker starts the operation.
 """
 
 from __future__ import annotations
@@ -25,13 +33,12 @@ import contextvars
 import functools
 import inspect
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast, overload
 
-from .._errors import DuplicateOperation, NotDeferrableError, OperationCanceled, StoreUnavailable
+from .._errors import DuplicateOperation, NotDeferrableError, StoreUnavailable
 from ..core import _replies as replies
 from ..core._admission import quota_key
 from ..core._headers import (
@@ -42,8 +49,10 @@ from ..core._headers import (
     new_operation_id,
     parse_idempotency_key,
 )
-from ..core._model import Operation, StoredResponse, clamp_progress
+from ..core._model import Operation, StoredResponse
 from ..core._status import Event, OperationStatus
+from ..executors._in_process import remote_executor
+from ..executors._work import WorkHandle
 from ._routes import DEFERRED_MARK
 from ._scope import ASGIApp, Message, Receive, Scope, Send, first_header
 
@@ -57,74 +66,23 @@ R = TypeVar("R")
 logger = logging.getLogger("repoll")
 
 
-class RunningOperation:
+class RunningOperation(WorkHandle):
     """The operation the current request became; what the endpoint's work talks to.
 
     Get it from :func:`defer` or :func:`current_operation`. Its methods are
-    safe to call from the event loop and from a sync handler's thread.
+    safe to call from the event loop and from a sync handler's thread. The
+    cancel flag and progress reporting are :class:`WorkHandle`'s, shared
+    with work on a Celery worker; progress goes through the engine, which
+    keeps its copy of the record.
     """
 
     def __init__(self, server: PollingServer, operation: Operation, url: str, quota: str) -> None:
-        self.id = operation.id
-        self.url = url
-        self.record = operation  # the latest version this process wrote or read
+        super().__init__(operation, url, asyncio.current_task())
         self.server = server
         self.quota = quota  # whose admission this operation holds
-        self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
-        # A plain flag: set on the loop, read from any thread (a bool is atomic).
-        self._cancel = False
-        self._in_thread = False
-        self.work_done = False
-        self._task = asyncio.current_task()
-        self._pending: tuple[float | None, str | None] | None = None
-        self._flushing = False
 
-    @property
-    def cancel_requested(self) -> bool:
-        """True once a client asked to cancel; sync work should check and stop."""
-        return self._cancel
-
-    def raise_if_canceled(self) -> None:
-        """Raise :class:`~repoll.OperationCanceled` if cancellation was requested."""
-        if self._cancel:
-            msg = "cancellation was requested"
-            raise OperationCanceled(msg, operation_url=self.url)
-
-    def report_progress(self, progress: float | None = None, message: str | None = None) -> None:
-        """Record how far the work is (0..1) and a short message, for status polls."""
-        self._pending = (clamp_progress(progress), message)
-        if threading.get_ident() == self._loop_thread:
-            self._schedule_flush()
-        else:
-            self._loop.call_soon_threadsafe(self._schedule_flush)
-
-    def _schedule_flush(self) -> None:
-        # Coalesce: at most one store write in flight; the newest report wins.
-        if not self._flushing and self._pending is not None:
-            self._flushing = True
-            self._loop.create_task(self._flush())
-
-    async def _flush(self) -> None:
-        try:
-            while self._pending is not None:
-                progress, message = self._pending
-                self._pending = None
-                await self.server.store_progress(self, progress, message)
-        except Exception as exc:
-            # Progress is advisory: a store that cannot take it now loses this
-            # report, not the work. The next report tries again.
-            logger.warning("operation %s: progress not stored (%s)", self.id, exc)
-        finally:
-            self._flushing = False
-
-    def request_cancel(self) -> None:
-        self._cancel = True
-        # Async work is cancelled at its next await; sync work in a thread
-        # cannot be interrupted and must check ``cancel_requested``. Work that
-        # has already ended is left to record its own outcome.
-        if not self._in_thread and not self.work_done and self._task is not None:
-            self._task.cancel()
+    async def _store_progress(self, progress: float | None, message: str | None) -> None:
+        await self.server.store_progress(self, progress, message)
 
     async def run_sync(self, fn: Callable[[], R]) -> R:
         """Run blocking work on the executor's threads, as this operation."""
@@ -316,7 +274,7 @@ class DeferrableRequest:
             self.decided.set_result(running)
         # From here on the client has (or is about to get) its redirect; the
         # rest of the endpoint is the operation's work.
-        if op.status is OperationStatus.QUEUED and not hasattr(server.executor, "hand_off"):
+        if op.status is OperationStatus.QUEUED and remote_executor(server.executor) is None:
             # (A remote executor's worker starts the operation itself.)
             await self._take_slot(op.id)
             if running.cancel_requested:
@@ -563,13 +521,14 @@ def deferred(endpoint: Callable[P, Any] | None = None, /, *, rerun: bool = False
     ENDPOINTS[name] = endpoint
 
     async def hand_off_if_remote(running: RunningOperation, args: Any, kwargs: Any) -> None:
-        executor = running.server.executor
-        hand_off = getattr(executor, "hand_off", None)
-        if hand_off is not None:
+        remote = remote_executor(running.server.executor)
+        if remote is not None:
             request = _current_request.get()
             route = request.scope.get("route") if request is not None else None
             status = getattr(route, "status_code", None) or 200
-            await hand_off(running, name, endpoint, args, kwargs, status_code=status, rerun=rerun)
+            await remote.hand_off(
+                running, name, endpoint, args, kwargs, status_code=status, rerun=rerun
+            )
             raise HandedOff
 
     if inspect.iscoroutinefunction(endpoint):

@@ -4,8 +4,14 @@
 the deferral mechanics (``_deferral``): it opens and maintains the store,
 applies state transitions, keeps outcomes until the store has them, holds
 polls and wakes them, and turns records into answers. What to answer is
-decided in the I/O-free modules (``_replies``, ``_pacing``, ``_status``,
-``_admission``, ``_origin``); this module moves records, time and tasks.
+decided in the I/O-free core (``_replies``, ``_pacing``, ``_status``,
+``_admission``, ``_origin``, ``_liveness``); this module moves records, time
+and tasks. Each reply is one core call fed what only the shell can gather:
+the record read from the store, the clock, the interval advertised (from this
+process's history and load), the request's headers. A status poll is
+``hold_seconds`` then ``answer``; a cancellation is ``cancel_now``, and only
+when that says the work still runs, the request to stop, a hold of
+``PacingPolicy.cancel_hold`` and ``cancel_answer``.
 
 Liveness and wake-ups
 ---------------------
@@ -25,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import socket
@@ -34,33 +39,36 @@ import uuid
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from .._errors import require
-
-require("starlette", "server")
-
-from starlette.requests import HTTPConnection
-
-from .._errors import InvalidTransition, StoreUnavailable
+from .._errors import InvalidTransition, MissingExtraError, StoreUnavailable
+from ..core import _liveness as liveness
 from ..core import _replies as replies
 from ..core._admission import Admission
+from ..core._config import Lifetimes, Limits, UrlPolicy
 from ..core._headers import Preferences, is_valid_operation_id
 from ..core._model import Operation, StoredResponse
-from ..core._origin import LOOPBACK, OperationUrls, TrustedProxies
+from ..core._origin import OperationUrls
 from ..core._pacing import (
     DurationHistory,
     PacingPolicy,
-    WorkSnapshot,
     estimate_interval,
     hold_seconds,
     refusal_interval,
+    work_snapshot,
 )
-from ..core._status import Event, OperationStatus, finish_event
+from ..core._status import Event, finish_event
 from ..executors._in_process import Executor, InProcessExecutor
-from ..stores._store import Store, store_from_url, update_operation
+from ..executors._work import interrupted_outcome
+from ..stores._store import Store, shared_store, store_from_url, update_operation
 from ._holds import Holds
 from ._outage_log import OutageLog
-from ._principal import PrincipalDigests, PrincipalFunction, default_principal
 from ._scope import Receive, Scope, first_header, wants_page
+
+try:
+    from starlette.requests import HTTPConnection
+except ModuleNotFoundError as exc:
+    raise MissingExtraError("server", "starlette") from exc
+
+from ._principal import PrincipalDigests, PrincipalFunction, default_principal
 
 if TYPE_CHECKING:
     from ._deferral import RunningOperation
@@ -70,8 +78,6 @@ logger = logging.getLogger("repoll")
 
 DEFAULT_STORE_URL = "sqlite:///repoll.sqlite3"
 PRINCIPAL_KEY_ENV = "REPOLL_PRINCIPAL_KEY"
-FORWARDED_ALLOW_IPS_ENV = "FORWARDED_ALLOW_IPS"
-PUBLIC_URL_ENV = "REPOLL_PUBLIC_URL"
 # Writing an outcome is retried with pauses growing to this cap, for as long
 # as this process lives: an outcome is never given up while it can be kept.
 _OUTCOME_RETRY_CAP = 15.0
@@ -82,8 +88,10 @@ class PollingServer:
     """The state every request shares: store, executor, pacing, wake-ups.
 
     Create one with :func:`install` (Starlette/FastAPI) or pass it to
-    :class:`PollingMiddleware` (any ASGI app). Options are in
-    docs/deployment.md.
+    :class:`PollingMiddleware` (any ASGI app). Settings come grouped:
+    ``pacing`` (:class:`PacingPolicy`), ``limits`` (:class:`Limits`),
+    ``lifetimes`` (:class:`Lifetimes`) and ``urls`` (:class:`UrlPolicy`);
+    each defaults to its class's defaults. Options are in docs/deployment.md.
     """
 
     def __init__(
@@ -92,57 +100,44 @@ class PollingServer:
         store: Store | str | None = None,
         executor: Executor | None = None,
         pacing: PacingPolicy | None = None,
-        retention: float = 3600.0,
-        operations_path: str = "/operations",
-        max_body_size: int = 1024 * 1024,
-        max_response_size: int = 64 * 1024 * 1024,
+        limits: Limits | None = None,
+        lifetimes: Lifetimes | None = None,
+        urls: UrlPolicy | None = None,
         principal: PrincipalFunction = default_principal,
         principal_key: str | bytes | None = None,
-        shutdown_grace: float = 5.0,
-        max_held_polls: int = 10_000,
-        max_operations: int = 10_000,
-        max_operations_per_principal: int = 100,
-        heartbeat_interval: float = 2.0,
         cors_origins: Iterable[str] = (),
-        absolute_urls: bool = False,
-        public_url: str | None = None,
-        forwarded_allow_ips: str | Iterable[str] | None = None,
     ) -> None:
         if store is None:
             store = DEFAULT_STORE_URL
         self.store: Store = store_from_url(store) if isinstance(store, str) else store
         self.executor: Executor = executor or InProcessExecutor()
         self.pacing = pacing or PacingPolicy()
-        self.retention = retention
-        self.operations_path = "/" + operations_path.strip("/")
-        self.max_body_size = max_body_size
-        self.max_response_size = max_response_size
+        self.limits = limits or Limits()
+        self.lifetimes = lifetimes or Lifetimes()
+        # Settings left unset come from $REPOLL_PUBLIC_URL and $FORWARDED_ALLOW_IPS.
+        self.urls = (urls or UrlPolicy()).with_environment(os.environ)
         self.principal = principal
         if principal_key is None:
             principal_key = os.environ.get(PRINCIPAL_KEY_ENV) or None
         self._principal_key = principal_key.encode() if isinstance(principal_key, str) else None
         if isinstance(principal_key, bytes):
             self._principal_key = principal_key
-        self.shutdown_grace = shutdown_grace
-        self.admission = Admission(max_operations, max_operations_per_principal, max_held_polls)
+        self.admission = Admission(
+            self.limits.max_operations,
+            self.limits.max_operations_per_principal,
+            self.limits.max_held_polls,
+        )
         self.holds = Holds(self.store, self.admission)
         # This process's name in the store; with a shared store, its work is
         # declared lost once the store no longer sees it alive.
         self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.heartbeat_interval = heartbeat_interval
-        self.owner_ttl = heartbeat_interval * 5
+        self.owner_ttl = liveness.owner_ttl(self.heartbeat_interval)
         self.cors_origins = frozenset(cors_origins)
-        if forwarded_allow_ips is None:
-            forwarded_allow_ips = os.environ.get(FORWARDED_ALLOW_IPS_ENV)
-        self.urls = OperationUrls(
+        self._operation_urls = OperationUrls(
             operations_path=self.operations_path,
-            absolute=absolute_urls,
-            public_url=public_url or os.environ.get(PUBLIC_URL_ENV),
-            trusted=(
-                LOOPBACK
-                if forwarded_allow_ips is None
-                else TrustedProxies.parse(forwarded_allow_ips)
-            ),
+            absolute=self.urls.absolute_urls,
+            public_url=self.urls.public_url,
+            trusted=self.urls.trusted_proxies,
         )
         self._digests: PrincipalDigests | None = None
         self._maintenance: asyncio.Task[None] | None = None
@@ -159,7 +154,32 @@ class PollingServer:
         self._store_back: asyncio.Event | None = None
         self.outages = OutageLog()
 
-    # The limits, as they were named before admission had its own object.
+    # The settings most read, by their names in the settings objects.
+    @property
+    def operations_path(self) -> str:
+        return self.urls.operations_path
+
+    @property
+    def max_body_size(self) -> int:
+        return self.limits.max_body_size
+
+    @property
+    def max_response_size(self) -> int:
+        return self.limits.max_response_size
+
+    @property
+    def retention(self) -> float:
+        return self.lifetimes.retention
+
+    @property
+    def shutdown_grace(self) -> float:
+        return self.lifetimes.shutdown_grace
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.lifetimes.heartbeat_interval
+
+    # The limits, as admission counts them.
     @property
     def held_polls(self) -> int:
         return self.admission.held
@@ -192,21 +212,18 @@ class PollingServer:
                 key = self._principal_key or await self.store.secret()
                 self._digests = PrincipalDigests(key)
                 self.closing = False
-                if self.store.shared:
-                    await self.store.heartbeat(self.instance_id, ttl=self.owner_ttl)
+                shared = shared_store(self.store)
+                if shared is not None:
+                    await shared.heartbeat(self.instance_id, ttl=self.owner_ttl)
                     self._healthy_since = time.monotonic()
-                    await self.store.subscribe(self._on_store_event)
+                    await shared.subscribe(self._on_store_event)
                     if self._may_reap():
                         await self._reap()
                 else:
                     # This process is the store's only user: whatever is
                     # unfinished was left by its previous life.
                     for op in await self.store.unfinished():
-                        await self._lose(
-                            op.id,
-                            f"The server stopped while the operation was {op.status.value}; "
-                            "its work was lost. Start it again.",
-                        )
+                        await self._lose(op.id, replies.lost_at_restart(op.status))
             except BaseException:
                 await self.store.close()
                 raise
@@ -225,7 +242,7 @@ class PollingServer:
             self._maintenance = None
         for op_id in await self.executor.shutdown(self.shutdown_grace):
             with contextlib.suppress(StoreUnavailable):
-                await self._lose(op_id, "The server shut down before the work finished.")
+                await self._lose(op_id, replies.LOST_AT_SHUTDOWN)
         for task in list(self._background):
             task.cancel()
         if self._background:
@@ -279,8 +296,9 @@ class PollingServer:
         while True:
             await asyncio.sleep(self.heartbeat_interval)
             try:
-                if self.store.shared:
-                    await self.store.heartbeat(self.instance_id, ttl=self.owner_ttl)
+                shared = shared_store(self.store)
+                if shared is not None:
+                    await shared.heartbeat(self.instance_id, ttl=self.owner_ttl)
                     if self._healthy_since is None:
                         self._healthy_since = time.monotonic()
                         self._store_answers()
@@ -295,21 +313,11 @@ class PollingServer:
                 logger.exception("maintenance failed")
 
     def _may_reap(self) -> bool:
-        """Whether the store's list of live owners can be believed now.
-
-        Heartbeats expire while the store is out of reach, for every process
-        at once. Right after an outage, a process that reaped at once would
-        take every other live process for dead and fail its work. So a
-        process reaps only once it has itself heartbeated without a break
-        for ``owner_ttl`` seconds, which every live process's heartbeat
-        interval fits into. A store whose liveness does not expire (SQLite's
-        lock files: the kernel drops them the moment a process dies) needs no
-        such wait.
-        """
-        if getattr(self.store, "exact_liveness", False):
+        """Whether the store's list of live owners can be believed now (see ``core._liveness``)."""
+        shared = shared_store(self.store)
+        if shared is not None and shared.exact_liveness:
             return True
-        healthy = self._healthy_since
-        return healthy is not None and time.monotonic() - healthy >= self.owner_ttl
+        return liveness.heartbeats_settled(self._healthy_since, time.monotonic(), self.owner_ttl)
 
     async def reap(self) -> int:
         """Declare lost the unfinished operations of owners that stopped; returns how many."""
@@ -317,19 +325,13 @@ class PollingServer:
         return await self._reap()
 
     async def _reap(self) -> int:
-        live = await self.store.live_owners()
+        shared = shared_store(self.store)
+        live = set() if shared is None else await shared.live_owners()
         live.add(self.instance_id)
-        lost = 0
-        for op in await self.store.unfinished():
-            if op.owner is None or op.owner in live:
-                continue
-            await self._lose(
-                op.id,
-                f"The process running the operation ({op.owner}) stopped. "
-                "Its work was lost; start it again.",
-            )
-            lost += 1
-        return lost
+        lost = liveness.orphaned(await self.store.unfinished(), live)
+        for op_id, reason in lost:
+            await self._lose(op_id, reason)
+        return len(lost)
 
     async def _maybe_purge(self) -> None:
         now = time.time()
@@ -344,7 +346,7 @@ class PollingServer:
 
     def operation_url(self, scope: Scope, operation_id: str) -> str:
         """The URL to send in ``Location``: a path unless an absolute one is needed."""
-        return self.urls(scope, operation_id)
+        return self._operation_urls(scope, operation_id)
 
     async def principal_of(self, scope: Scope) -> str:
         """The stored form (a keyed digest) of the principal of the request."""
@@ -484,7 +486,8 @@ class PollingServer:
                 history = self._history.setdefault(op.endpoint, DurationHistory())
                 history.add(op.finished_at - op.started_at)
             return
-        event, stored, message = replies.interrupted_outcome(
+        # The same decision a Celery worker makes (executors/_work).
+        event, stored, message = interrupted_outcome(
             interrupted, cancel_requested=running.cancel_requested
         )
         if event is Event.FINISH_ERROR:
@@ -506,10 +509,9 @@ class PollingServer:
     def interval_for(self, op: Operation, now: float) -> float:
         """The Retry-After the server advertises for ``op`` now."""
         history = self._history.get(op.endpoint)
-        work = WorkSnapshot(
-            age=max(now - op.created_at, 0.0),
-            running_for=None if op.started_at is None else max(now - op.started_at, 0.0),
-            progress=op.progress,
+        work = work_snapshot(
+            op,
+            now,
             typical_duration=history.mean if history else None,
             queued_ahead=self.executor.waiting,
             concurrency=self.executor.concurrency,
@@ -520,31 +522,30 @@ class PollingServer:
     def answer(
         self,
         scope: Scope,
-        op: Operation,
+        op: Operation | None,
         preferences: Preferences,
         origin: str,
         url: str | None = None,
     ) -> replies.Reply:
-        """What to send for ``op`` now (pending, page, final, or expired)."""
+        """What to send for ``op`` now (not found, expired, final, page or pending).
+
+        The decision is :func:`repoll.core._replies.answer`; this gathers its
+        inputs: the time, the interval advertised, the URL, the request's
+        ``Accept``.
+        """
         now = time.time()
-        if op.expires_at is not None and op.expires_at <= now:
-            return replies.expired(op)
-        url = url or self.operation_url(scope, op.id)
-        if op.status.is_terminal:
-            return replies.final(
-                op, operation_url=url, origin=origin, cors_origins=self.cors_origins
-            )
-        interval = self.interval_for(op, now)
-        if wants_page(scope, preferences):
-            reply = replies.progress_page(op, operation_url=url, interval=interval, now=now)
-        else:
-            if op.respond_async and not preferences.respond_async:
-                preferences = dataclasses.replace(preferences, respond_async=True)
-            reply = replies.pending(
-                op, operation_url=url, preferences=preferences, interval=interval
-            )
-        reply.headers.extend(replies.cors_headers(origin, self.cors_origins))
-        return reply
+        if op is not None:
+            url = url or self.operation_url(scope, op.id)
+        return replies.answer(
+            op,
+            now=now,
+            interval=0.0 if op is None else self.interval_for(op, now),
+            page=wants_page(scope, preferences),
+            preferences=preferences,
+            operation_url=url or "",
+            origin=origin,
+            cors_origins=self.cors_origins,
+        )
 
     async def status_reply(
         self,
@@ -556,17 +557,14 @@ class PollingServer:
         """The answer to ``GET`` on an operation URL, after holding it if due."""
         origin = first_header(scope, b"origin")
         op = await self.visible(scope, operation_id)
-        if op is None:
-            return replies.with_cors(replies.not_found(), origin, self.cors_origins)
-        if not op.status.is_terminal:
-            advertised = self.interval_for(op, time.time())
-            hold = hold_seconds(preferences, advertised, self.pacing)
-            if wants_page(scope, preferences):
-                hold = 0.0  # a person sees the page at once; its Refresh paces the browser
-            held = await self.holds.hold(op.id, hold, receive=receive)
-            if held is None:
-                return replies.with_cors(replies.not_found(), origin, self.cors_origins)
-            op = held
+        if op is not None and not op.status.is_terminal:
+            hold = hold_seconds(
+                preferences,
+                self.interval_for(op, time.time()),
+                self.pacing,
+                page=wants_page(scope, preferences),
+            )
+            op = await self.holds.hold(op.id, hold, receive=receive)
         return self.answer(scope, op, preferences, origin)
 
     async def cancel_reply(
@@ -575,34 +573,26 @@ class PollingServer:
         """The answer to ``DELETE`` on an operation URL."""
         origin = first_header(scope, b"origin")
         op = await self.visible(scope, operation_id)
-        if op is None:
-            return replies.with_cors(replies.not_found(), origin, self.cors_origins)
-        if op.expires_at is not None and op.expires_at <= time.time():
-            return replies.with_cors(replies.expired(op), origin, self.cors_origins)
-        if not op.status.is_terminal:
+        reply = replies.cancel_now(op, time.time())
+        if reply is None:
+            assert op is not None  # cancel_now answers a missing record itself
             await self._request_cancel(op)
-            # Cooperative cancellation usually lands within a moment; answer
-            # with the outcome when it does, else 202 and the current status.
-            op = await self.holds.hold(op.id, 1.0, receive=receive) or op
-        reply = replies.cancel_answer(op)
+            # Answer with the outcome if the work stops within the hold, else
+            # 202 and the current status.
+            op = await self.holds.hold(op.id, self.pacing.cancel_hold, receive=receive) or op
+            reply = replies.cancel_answer(op)
         return replies.with_cors(reply, origin, self.cors_origins)
 
     async def _request_cancel(self, op: Operation) -> None:
         def flag(current: Operation) -> Operation | None:
-            if current.status.is_terminal or current.cancel_requested:
-                return None
-            return current.evolve(cancel_requested=True, updated_at=time.time())
+            return current.with_cancel_requested(now=time.time())
 
         await update_operation(self.store, op.id, flag)
         running = self._running.get(op.id)
         if running is not None:
             running.request_cancel()
-        elif self.store.shared:
-            await self.store.announce_cancel(op.id)  # the process running it stops it
-        if running is None and op.status is OperationStatus.QUEUED:
-            await self.transition(
-                op.id,
-                Event.CANCEL,
-                response=replies.canceled_response(),
-                message="Canceled on request.",
-            )
+        elif (shared := shared_store(self.store)) is not None:
+            await shared.announce_cancel(op.id)  # the process running it stops it
+        if replies.cancel_by_record(op, running_here=running is not None):
+            event, stored, message = replies.canceled_on_request()
+            await self.transition(op.id, event, response=stored, message=message)

@@ -10,6 +10,10 @@ doing anything else:
   :class:`~repoll.server._deferral.DeferrableRequest`;
 * anything else: passed to the app as it came, at no cost.
 
+What a request on an operation URL asks for, what a stream sends, whether a
+declared body is too large and how long a start waits are decided by the
+core (``_replies``, ``_pacing``); this module reads the scope and sends.
+
 Every request that waits (a held poll, a start with ``Prefer: wait``, a
 cancellation waiting for the work to stop, an event stream) watches its
 client, and stops waiting the moment the client leaves.
@@ -21,19 +25,16 @@ import asyncio
 import contextlib
 import functools
 import importlib.resources
-import json
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
-from .._errors import require
-
-require("starlette", "server")
-
 from .._errors import StoreUnavailable
 from ..core import _replies as replies
 from ..core._headers import PREFER, Preferences, parse_prefer
+from ..core._model import Operation
+from ..core._pacing import hold_seconds
 from ._deferral import DeferrableRequest, DeferralAborted, RunningOperation, send_reply
 from ._engine import PollingServer
 from ._routes import ALWAYS, MAYBE, NEVER, RouteTable
@@ -51,18 +52,12 @@ from ._scope import (
 logger = logging.getLogger("repoll")
 
 CLIENT_MODULE = "client.js"
-# Event streams re-read the record this often for progress; ends arrive at once.
-_STREAM_REFRESH = 0.5
 
 
 @functools.cache
 def _client_module_reply() -> replies.Reply:
     source = importlib.resources.files("repoll.server").joinpath("static/repoll.js").read_bytes()
-    return replies.Reply(
-        200,
-        [("content-type", "text/javascript; charset=utf-8"), ("cache-control", "max-age=3600")],
-        source,
-    )
+    return replies.client_module(source)
 
 
 @contextlib.asynccontextmanager
@@ -147,20 +142,23 @@ class PollingMiddleware:
     ) -> None:
         server = self.server
         method = scope["method"]
-        if method == "OPTIONS":
+        kind = replies.operation_request(
+            method, operation_id, first_header(scope, b"accept"), module=CLIENT_MODULE
+        )
+        if kind == "preflight":
             origin = first_header(scope, b"origin")
             await send_reply(send, replies.preflight(origin, server.cors_origins))
             return
-        if operation_id == CLIENT_MODULE and method in {"GET", "HEAD"}:
+        if kind == "module":
             await send_reply(send, _client_module_reply(), head=method == "HEAD")
             return
         try:
-            if method == "GET" and "text/event-stream" in first_header(scope, b"accept"):
+            if kind == "stream":
                 await self._stream(scope, receive, send, operation_id)
                 return
-            if method == "DELETE":
+            if kind == "cancel":
                 reply = await server.cancel_reply(scope, operation_id, receive)
-            elif method in {"GET", "HEAD"}:
+            elif kind == "status":
                 reply = await server.status_reply(scope, operation_id, _preferences(scope), receive)
             else:
                 reply = replies.method_not_allowed()
@@ -173,24 +171,18 @@ class PollingMiddleware:
         """``Accept: text/event-stream``: status events until the outcome, then the end."""
         server = self.server
         origin = first_header(scope, b"origin")
-        cors = replies.cors_headers(origin, server.cors_origins)
         op = await server.visible(scope, operation_id)
         if op is None:
             reply = replies.with_cors(replies.not_found(), origin, server.cors_origins)
             await send_reply(send, reply)
             return
-        headers = [
-            (b"content-type", b"text/event-stream"),
-            (b"cache-control", b"no-store"),
-            (b"x-accel-buffering", b"no"),
-            *((k.encode(), v.encode()) for k, v in cors),
-        ]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        start = replies.stream_start(origin, server.cors_origins)
+        headers = [(k.encode(), v.encode()) for k, v in start.headers]
+        await send({"type": "http.response.start", "status": start.status, "headers": headers})
         if not server.admission.try_hold():
             # At the limit of held requests: the current status, and a hint
             # for the browser's EventSource to come back later.
-            retry_ms = round(server.interval_for(op, time.time()) * 1000)
-            await _send_event(send, op, retry_ms=retry_ms)
+            await _send_event(send, op, retry=server.interval_for(op, time.time()))
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
         try:
@@ -200,9 +192,12 @@ class PollingMiddleware:
             server.admission.release_hold()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _stream_until_end(self, send: Send, op: Any, gone: asyncio.Future[Any]) -> None:
+    async def _stream_until_end(
+        self, send: Send, op: Operation | None, gone: asyncio.Future[Any]
+    ) -> None:
         last: tuple[Any, ...] | None = None
         deadline = time.monotonic() + self.server.retention
+        refresh = self.server.pacing.stream_refresh
         while op is not None and not gone.done() and time.monotonic() < deadline:
             seen = (op.status, op.progress, op.message)
             if seen != last:
@@ -210,18 +205,17 @@ class PollingMiddleware:
                 await _send_event(send, op)
             if op.status.is_terminal:
                 return
-            op = await self.server.holds.hold(op.id, _STREAM_REFRESH, gone=gone, counted=False)
+            op = await self.server.holds.hold(op.id, refresh, gone=gone, counted=False)
 
     # --- deferrable requests ----------------------------------------------------------
 
     async def _request(self, scope: Scope, receive: Receive, send: Send, *, always: bool) -> None:
         server = self.server
-        if always:
-            length = first_header(scope, b"content-length")
-            declared = int(length) if length.isascii() and length.isdigit() else 0
-            if len(length) > 18 or declared > server.max_body_size:
-                await send_reply(send, replies.body_too_large(server.max_body_size))
-                return
+        if always and replies.declares_too_large(
+            first_header(scope, b"content-length"), server.max_body_size
+        ):
+            await send_reply(send, replies.body_too_large(server.max_body_size))
+            return
         preferences = _preferences(scope)
         request = DeferrableRequest(server, scope, receive, send, preferences, always_defers=always)
         child = asyncio.get_running_loop().create_task(request.run_app(self.app))
@@ -255,7 +249,7 @@ class PollingMiddleware:
         preferences: Preferences,
     ) -> None:
         server = self.server
-        wait = min(preferences.wait or 0.0, server.pacing.max_hold)
+        wait = hold_seconds(preferences, None, server.pacing)  # only as long as asked
         if wait <= 0:
             # The record this process last wrote is the freshest there is: the
             # outcome itself if the work has ended and it is written already.
@@ -279,12 +273,6 @@ class PollingMiddleware:
         await self.app(scope, receive_hooked, send)
 
 
-async def _send_event(send: Send, op: Any, *, retry_ms: int | None = None) -> None:
-    event = "outcome" if op.status.is_terminal else "status"
-    document = op.status_document()
-    if op.response is not None:
-        document["response_status"] = op.response.status
-    body = replies.sse_event(event, json.dumps(document, separators=(",", ":")).encode())
-    if retry_ms is not None:
-        body = f"retry: {retry_ms}\n".encode() + body
+async def _send_event(send: Send, op: Operation, *, retry: float | None = None) -> None:
+    body = replies.stream_event(op, retry=retry)
     await send({"type": "http.response.body", "body": body, "more_body": True})

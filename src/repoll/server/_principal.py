@@ -21,11 +21,12 @@ import hmac
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-from .._errors import require
+from .._errors import MissingExtraError
 
-require("starlette", "server")
-
-from starlette.requests import HTTPConnection, cookie_parser
+try:
+    from starlette.requests import HTTPConnection, cookie_parser
+except ModuleNotFoundError as exc:
+    raise MissingExtraError("server", "starlette") from exc
 
 PrincipalFunction = Callable[[HTTPConnection], str | Awaitable[str]]
 

@@ -21,11 +21,12 @@ import inspect
 from collections.abc import Callable, MutableMapping, Sequence
 from typing import Any, Final, TypeVar
 
-from .._errors import require
+from .._errors import MissingExtraError
 
-require("starlette", "server")
-
-from starlette.routing import BaseRoute, Host, Match, Mount, Route
+try:
+    from starlette.routing import BaseRoute, Host, Match, Mount, Route
+except ModuleNotFoundError as exc:
+    raise MissingExtraError("server", "starlette") from exc
 
 Scope = MutableMapping[str, Any]
 F = TypeVar("F", bound=Callable[..., Any])

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from ..core import _replies as replies
 from ..core._headers import Preferences
 
 Scope = MutableMapping[str, Any]
@@ -27,10 +28,8 @@ def first_header(scope: Scope, name: bytes) -> str:
 
 
 def wants_page(scope: Scope, preferences: Preferences) -> bool:
-    """A browser navigating (it accepts HTML), not a script that asked for 202."""
-    if preferences.respond_async:
-        return False
-    return "text/html" in first_header(scope, b"accept")
+    """Whether the request wants a progress page (decided by ``core._replies.wants_page``)."""
+    return replies.wants_page(first_header(scope, b"accept"), preferences)
 
 
 async def until_disconnect(receive: Receive) -> None:

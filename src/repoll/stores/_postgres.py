@@ -1,7 +1,8 @@
 """A shared store on PostgreSQL (psycopg 3, async), for several server instances.
 
-One table with the same columns as the SQLite store, a partial unique index on
-idempotency keys, and a small table of owner heartbeats. Compare-and-set is an
+One table with the same columns, indexes and statements as the SQLite store
+(:mod:`._sql`), among them a partial unique index on idempotency keys, and a
+small table of owner heartbeats. Compare-and-set is an
 ``UPDATE ... WHERE version = expected`` in a transaction that also sends
 ``NOTIFY repoll_finished`` when the operation ends, so every instance
 listening wakes its held polls the moment the transaction commits. Expired
@@ -26,47 +27,34 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .._errors import require
+from .._errors import MissingExtraError
 
-require("psycopg", "postgres")
-require("psycopg_pool", "postgres")
+try:
+    import psycopg
+    from psycopg import errors as pg_errors
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+    from psycopg_pool import AsyncConnectionPool, PoolTimeout
+except ModuleNotFoundError as exc:
+    # Both come with the extra; name the one that is missing.
+    missing = "psycopg_pool" if (exc.name or "").startswith("psycopg_pool") else "psycopg"
+    raise MissingExtraError("postgres", missing) from exc
 
-import psycopg  # noqa: E402 - after the extra check, for its clear message
-from psycopg import errors as pg_errors  # noqa: E402
-from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: E402
-from psycopg_pool import AsyncConnectionPool, PoolTimeout  # noqa: E402
-
-from .._errors import DuplicateOperation, StoreUnavailable  # noqa: E402
-from ..core._model import Operation, decode_row, encode_row  # noqa: E402
-from ._resubscribe import Resubscriber, deliver  # noqa: E402
+from .._errors import DuplicateOperation, StoreError, StoreNotOpen, StoreUnavailable
+from ..core._model import Operation, decode_row, encode_row
+from ._resubscribe import Resubscriber, deliver
+from ._sql import UNFINISHED, Statements, operations_schema, update_params
 
 logger = logging.getLogger("repoll")
 
 _CHANNEL = "repoll_finished"
 _CANCEL_CHANNEL = "repoll_cancel"
-_COLUMNS = "id, version, status, expires_at, record, response, idempotency_key"
 _SCHEMA = (
-    """
-    CREATE TABLE IF NOT EXISTS repoll_operations (
-        id TEXT PRIMARY KEY,
-        version BIGINT NOT NULL,
-        status TEXT NOT NULL,
-        expires_at DOUBLE PRECISION,
-        record TEXT NOT NULL,
-        response BYTEA,
-        idempotency_key TEXT
-    )
-    """,
-    """CREATE UNIQUE INDEX IF NOT EXISTS repoll_operations_idempotency_key
-        ON repoll_operations (idempotency_key) WHERE idempotency_key IS NOT NULL""",
-    """CREATE INDEX IF NOT EXISTS repoll_operations_expires
-        ON repoll_operations (expires_at) WHERE expires_at IS NOT NULL""",
-    """CREATE INDEX IF NOT EXISTS repoll_operations_unfinished
-        ON repoll_operations (status) WHERE status IN ('queued', 'running')""",
+    *operations_schema(integer="BIGINT", real="DOUBLE PRECISION", blob="BYTEA"),
     """CREATE TABLE IF NOT EXISTS repoll_owners (
         owner TEXT PRIMARY KEY, alive_until DOUBLE PRECISION NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS repoll_meta (name TEXT PRIMARY KEY, value BYTEA NOT NULL)""",
 )
+_SQL = Statements.marked("%s")
 _UNAVAILABLE = (psycopg.OperationalError, PoolTimeout, OSError)
 # Whatever ends the LISTEN connection (TimeoutError: it stopped answering).
 _DROPS = (psycopg.Error, OSError)
@@ -91,6 +79,8 @@ class PostgresStore:
     """Operations in PostgreSQL, shared by every instance that points at it."""
 
     shared = True
+    # Heartbeats expire: a process stalled past owner_ttl looks dead for a while.
+    exact_liveness = False
 
     def __init__(
         self, url: str, *, min_size: int = 1, max_size: int = 10, health_interval: float = 5.0
@@ -107,8 +97,8 @@ class PostgresStore:
     @property
     def _p(self) -> AsyncConnectionPool:
         if self._pool is None:
-            msg = "PostgresStore used before open()"
-            raise RuntimeError(msg)
+            msg = "PostgresStore used before open() or after close()"
+            raise StoreNotOpen(msg)
         return self._pool
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
@@ -163,17 +153,10 @@ class PostgresStore:
         row = encode_row(operation)
         try:
             async with self._p.connection() as conn:
-                await conn.execute(
-                    f"INSERT INTO repoll_operations ({_COLUMNS}) "  # noqa: S608 - constant
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                    row,
-                )
+                await conn.execute(_SQL.insert, row)
         except pg_errors.UniqueViolation as exc:
             if operation.idempotency_key is not None:
-                owner = await self._fetchone(
-                    "SELECT id FROM repoll_operations WHERE idempotency_key = %s",
-                    (operation.idempotency_key,),
-                )
+                owner = await self._fetchone(_SQL.id_by_key, (operation.idempotency_key,))
                 if owner is not None:
                     raise DuplicateOperation(owner[0]) from exc
             msg = f"duplicate operation id {operation.id}"
@@ -182,38 +165,28 @@ class PostgresStore:
             raise self._unavailable(exc) from exc
 
     async def find_by_idempotency_key(self, key: str) -> Operation | None:
-        row = await self._fetchone(
-            f"SELECT {_COLUMNS} FROM repoll_operations WHERE idempotency_key = %s",  # noqa: S608
-            (key,),
-        )
+        row = await self._fetchone(_SQL.select_by_key, (key,))
         return None if row is None else decode_row(row)
 
     async def get(self, operation_id: str) -> Operation | None:
-        row = await self._fetchone(
-            f"SELECT {_COLUMNS} FROM repoll_operations WHERE id = %s",  # noqa: S608
-            (operation_id,),
-        )
+        row = await self._fetchone(_SQL.select_by_id, (operation_id,))
         return None if row is None else decode_row(row)
 
     async def compare_and_set(self, operation: Operation, *, expected_version: int) -> bool:
-        op_id, version, status, expires_at, record, response, _ = encode_row(operation)
         try:
             async with self._p.connection() as conn, conn.transaction():
                 cursor = await conn.execute(
                     "SELECT status FROM repoll_operations WHERE id = %s AND version = %s "
                     "FOR UPDATE",
-                    (op_id, expected_version),
+                    (operation.id, expected_version),
                 )
                 previous = await cursor.fetchone()
                 if previous is None:
                     return False
-                await conn.execute(
-                    "UPDATE repoll_operations SET version = %s, status = %s, expires_at = %s, "
-                    "record = %s, response = %s WHERE id = %s",
-                    (version, status, expires_at, record, response, op_id),
-                )
-                if operation.status.is_terminal and previous[0] in ("queued", "running"):
-                    await conn.execute("SELECT pg_notify(%s, %s)", (_CHANNEL, op_id))
+                # Locked at expected_version: the update's own check passes.
+                await conn.execute(_SQL.update, update_params(operation, expected_version))
+                if operation.status.is_terminal and previous[0] in UNFINISHED:
+                    await conn.execute("SELECT pg_notify(%s, %s)", (_CHANNEL, operation.id))
                 return True
         except _UNAVAILABLE as exc:
             raise self._unavailable(exc) from exc
@@ -221,10 +194,7 @@ class PostgresStore:
     async def unfinished(self) -> list[Operation]:
         try:
             async with self._p.connection() as conn:
-                cursor = await conn.execute(
-                    f"SELECT {_COLUMNS} FROM repoll_operations "  # noqa: S608
-                    "WHERE status IN ('queued', 'running')"
-                )
+                cursor = await conn.execute(_SQL.select_unfinished)
                 rows = await cursor.fetchall()
         except _UNAVAILABLE as exc:
             raise self._unavailable(exc) from exc
@@ -233,15 +203,9 @@ class PostgresStore:
     async def purge(self, *, now: float, tombstone: float) -> int:
         try:
             async with self._p.connection() as conn, conn.transaction():
-                cursor = await conn.execute(
-                    "DELETE FROM repoll_operations WHERE expires_at <= %s", (now - tombstone,)
-                )
+                cursor = await conn.execute(_SQL.delete_expired, (now - tombstone,))
                 deleted = cursor.rowcount
-                await conn.execute(
-                    "UPDATE repoll_operations SET response = NULL "
-                    "WHERE expires_at <= %s AND response IS NOT NULL",
-                    (now,),
-                )
+                await conn.execute(_SQL.drop_responses, (now,))
                 return max(deleted, 0)
         except _UNAVAILABLE as exc:
             raise self._unavailable(exc) from exc
@@ -361,6 +325,6 @@ class PostgresStore:
                 raise self._unavailable(exc) from exc
             if row is None or len(row[0]) != 32:
                 msg = "repoll_meta holds no 32-byte secret; delete its row to make one"
-                raise RuntimeError(msg)
+                raise StoreError(msg)
             self._secret = bytes(row[0])
         return self._secret

@@ -36,24 +36,23 @@ from collections.abc import Callable
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
-from .._errors import require
+from .._errors import MissingExtraError
 
-require("redis", "redis")
+try:
+    import redis.asyncio as aioredis
+    from redis.asyncio.client import PubSub
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import RedisError, TimeoutError
+except ModuleNotFoundError as exc:
+    raise MissingExtraError("redis", "redis") from exc
 
-import redis.asyncio as aioredis  # noqa: E402 - after the extra check, for its clear message
-from redis.asyncio.client import PubSub  # noqa: E402
-from redis.asyncio.retry import Retry  # noqa: E402
-from redis.backoff import NoBackoff  # noqa: E402
-from redis.exceptions import ConnectionError as RedisConnectionError  # noqa: E402
-from redis.exceptions import RedisError, TimeoutError  # noqa: E402
-
-from .._errors import DuplicateOperation, StoreUnavailable  # noqa: E402
-from ..core._model import Operation, decode_row, encode_row  # noqa: E402
-from ._resubscribe import Resubscriber, deliver  # noqa: E402
+from .._errors import DuplicateOperation, StoreError, StoreNotOpen, StoreUnavailable
+from ..core._model import Operation, decode_row, encode_row
+from ._resubscribe import Resubscriber, deliver
 
 logger = logging.getLogger("repoll")
-
-_FIELDS = (b"id", b"v", b"status", b"exp", b"rec", b"body", b"key")
 
 # KEYS: op, unfinished, bodies, records, idem-or-empty
 # ARGV: id, v, status, exp, rec, body, key, has_body, terminal, backstop_ms
@@ -149,6 +148,8 @@ class RedisStore:
     """Operations in Redis, shared by every instance that points at it."""
 
     shared = True
+    # Heartbeats expire: a process stalled past owner_ttl looks dead for a while.
+    exact_liveness = False
 
     def __init__(
         self,
@@ -175,14 +176,15 @@ class RedisStore:
     @property
     def _r(self) -> aioredis.Redis:
         if self._redis is None:
-            msg = "RedisStore used before open()"
-            raise RuntimeError(msg)
+            msg = f"{self._where} used before open() or after close()"
+            raise StoreNotOpen(msg)
         return self._redis
 
     def _key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
 
     async def _call(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        self._r  # noqa: B018 - raises StoreNotOpen; the scripts would reconnect by themselves
         try:
             return await self._scripts[name](keys=keys, args=args)
         except _UNAVAILABLE as exc:
@@ -260,6 +262,7 @@ class RedisStore:
         # gather retrieves every outcome (no "exception never retrieved"),
         # and still lets a cancellation of close() itself through.
         await asyncio.gather(*listeners, return_exceptions=True)
+        self._scripts = {}
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
@@ -438,6 +441,6 @@ class RedisStore:
                 raise StoreUnavailable(str(exc)) from exc
             if not isinstance(value, bytes) or len(value) != 32:
                 msg = f"Redis key {key} does not hold a 32-byte secret; delete it to make one"
-                raise RuntimeError(msg)
+                raise StoreError(msg)
             self._secret = value
         return self._secret

@@ -25,42 +25,32 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .._errors import DuplicateOperation, StoreUnavailable
+from .._errors import DuplicateOperation, StoreNotOpen, StoreUnavailable
 from ..core._model import Operation, decode_row, encode_row
 from ._owner_locks import OwnerLocks
+from ._sql import Statements, operations_schema, update_params
 from ._sqlite_watch import Watcher
 from ._sqlite_writer import LoopWriter, ThreadWriter
 
 T = TypeVar("T")
 logger = logging.getLogger("repoll")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS repoll_operations (
-    id TEXT PRIMARY KEY,
-    version INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    expires_at REAL,
-    record TEXT NOT NULL,
-    response BLOB,
-    idempotency_key TEXT
-);
-CREATE INDEX IF NOT EXISTS repoll_operations_expires
-    ON repoll_operations (expires_at) WHERE expires_at IS NOT NULL;
-CREATE INDEX IF NOT EXISTS repoll_operations_unfinished
-    ON repoll_operations (status) WHERE status IN ('queued', 'running');
-CREATE UNIQUE INDEX IF NOT EXISTS repoll_operations_idempotency_key
-    ON repoll_operations (idempotency_key) WHERE idempotency_key IS NOT NULL;
-CREATE TABLE IF NOT EXISTS repoll_events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    at REAL NOT NULL,
-    origin TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    operation_id TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS repoll_meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
-"""
-_COLUMNS = "id, version, status, expires_at, record, response, idempotency_key"
-_INSERT = f"INSERT INTO repoll_operations ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
+# One script: ThreadWriter runs it in one transaction.
+_SCHEMA = "".join(
+    f"{statement};\n"
+    for statement in (
+        *operations_schema(integer="INTEGER", real="REAL", blob="BLOB"),
+        """CREATE TABLE IF NOT EXISTS repoll_events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            at REAL NOT NULL,
+            origin TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            operation_id TEXT NOT NULL
+        )""",
+        "CREATE TABLE IF NOT EXISTS repoll_meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)",
+    )
+)
+_SQL = Statements.marked("?")
 _BUSY = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (primary codes)
 
 # Events are for instances that are up now; a watcher that falls further
@@ -74,13 +64,18 @@ _ENTRY_OVERHEAD = 512
 class SQLiteStore:
     """Operations in a SQLite file (``":memory:"`` for a private in-memory database).
 
-    A file may be shared by several processes on one host (``shared`` is then
-    True). ``cache_bytes`` and ``cache_size`` bound the in-memory cache of
-    ended operations; ``watch_interval`` is how often a subscribed store looks
-    for other processes' events.
+    A :class:`~repoll.stores.SharedStore` whose instances say whether they
+    are shared: a file may be used by several processes on one host
+    (``shared`` is then True), ``":memory:"`` only by this one (False, and the
+    server never calls the shared store's methods, which then do nothing).
+
+    ``cache_bytes`` and ``cache_size`` bound the in-memory cache of ended
+    operations; ``watch_interval`` is how often a subscribed store looks for
+    other processes' events.
     """
 
     shared: bool
+    exact_liveness: bool
 
     def __init__(
         self,
@@ -117,8 +112,8 @@ class SQLiteStore:
 
     def _opened(self) -> ThreadWriter:
         if self._worker is None:
-            msg = "SQLiteStore used before open()"
-            raise RuntimeError(msg)
+            msg = f"SQLiteStore {self.path} used before open() or after close()"
+            raise StoreNotOpen(msg)
         return self._worker
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T], *, small_write: bool = False) -> T:
@@ -165,13 +160,11 @@ class SQLiteStore:
 
         def insert(c: sqlite3.Connection) -> None:
             try:
-                c.execute(_INSERT, row)
+                c.execute(_SQL.insert, row)
             except sqlite3.IntegrityError as exc:
                 key = operation.idempotency_key
                 if key is not None:
-                    taken = c.execute(
-                        "SELECT id FROM repoll_operations WHERE idempotency_key = ?", (key,)
-                    ).fetchone()
+                    taken = c.execute(_SQL.id_by_key, (key,)).fetchone()
                     if taken is not None:
                         raise DuplicateOperation(taken[0]) from exc
                 msg = f"duplicate operation id {operation.id}"
@@ -216,11 +209,7 @@ class SQLiteStore:
             self._forget(operation_id)
 
         def select(c: sqlite3.Connection) -> tuple[Any, ...] | None:
-            cursor = c.execute(
-                f"SELECT {_COLUMNS} FROM repoll_operations WHERE id = ?",  # noqa: S608
-                (operation_id,),
-            )
-            row: tuple[Any, ...] | None = cursor.fetchone()
+            row: tuple[Any, ...] | None = c.execute(_SQL.select_by_id, (operation_id,)).fetchone()
             return row
 
         row = await self._run(select)
@@ -297,32 +286,24 @@ class SQLiteStore:
 
     async def find_by_idempotency_key(self, key: str) -> Operation | None:
         def select(c: sqlite3.Connection) -> tuple[Any, ...] | None:
-            row: tuple[Any, ...] | None = c.execute(
-                f"SELECT {_COLUMNS} FROM repoll_operations WHERE idempotency_key = ?",  # noqa: S608
-                (key,),
-            ).fetchone()
+            row: tuple[Any, ...] | None = c.execute(_SQL.select_by_key, (key,)).fetchone()
             return row
 
         row = await self._run(select)
         return None if row is None else decode_row(row)
 
     async def compare_and_set(self, operation: Operation, *, expected_version: int) -> bool:
-        op_id, version, status, expires_at, record, response, _ = encode_row(operation)
+        params = update_params(operation, expected_version)
         watched = self.shared and operation.status.is_terminal
 
         def update(c: sqlite3.Connection) -> bool:
-            cursor = c.execute(
-                "UPDATE repoll_operations SET version = ?, status = ?, expires_at = ?, "
-                "record = ?, response = ? WHERE id = ? AND version = ?",
-                (version, status, expires_at, record, response, op_id, expected_version),
-            )
-            if cursor.rowcount != 1:
+            if c.execute(_SQL.update, params).rowcount != 1:
                 return False
             if watched:
                 # In the same transaction as the update. The record it replaced
                 # was unfinished: no writer moves a terminal record to another
                 # (and if one did, the event would only cost a re-read).
-                self._publish(c, "finished", op_id)
+                self._publish(c, "finished", operation.id)
             return True
 
         updated = await self._run(update, small_write=True)
@@ -332,10 +313,7 @@ class SQLiteStore:
 
     async def unfinished(self) -> list[Operation]:
         def select(c: sqlite3.Connection) -> list[tuple[Any, ...]]:
-            return c.execute(
-                f"SELECT {_COLUMNS} FROM repoll_operations "  # noqa: S608
-                "WHERE status IN ('queued', 'running')"
-            ).fetchall()
+            return c.execute(_SQL.select_unfinished).fetchall()
 
         return [decode_row(row) for row in await self._run(select)]
 
@@ -345,14 +323,8 @@ class SQLiteStore:
                 self._forget(op_id)
 
         def purge(c: sqlite3.Connection) -> int:
-            deleted = c.execute(
-                "DELETE FROM repoll_operations WHERE expires_at <= ?", (now - tombstone,)
-            ).rowcount
-            c.execute(
-                "UPDATE repoll_operations SET response = NULL "
-                "WHERE expires_at <= ? AND response IS NOT NULL",
-                (now,),
-            )
+            deleted = c.execute(_SQL.delete_expired, (now - tombstone,)).rowcount
+            c.execute(_SQL.drop_responses, (now,))
             c.execute("DELETE FROM repoll_events WHERE at < ?", (time.time() - _EVENT_RETENTION,))
             return deleted
 

@@ -1,21 +1,36 @@
-"""Where operations live: the store interface, the in-memory store, and store URLs.
+"""Where operations live: the store interfaces, the in-memory store, and store URLs.
 
 A store needs only a few primitives; everything else (state transitions,
 progress, cancellation flags) is a read-modify-write loop on top of
 :meth:`Store.compare_and_set`, written once in :func:`update_operation`.
 That keeps every backend small and makes the races the same everywhere: a
 writer whose version is stale loses and retries from a fresh read.
+
+Two interfaces, because some stores serve one process and others several.
+:class:`Store` is what every store does. :class:`SharedStore` adds what a
+store used by several processes at once needs: events between them
+(:meth:`~SharedStore.subscribe`, :meth:`~SharedStore.announce_cancel`) and
+who is alive (:meth:`~SharedStore.heartbeat`, :meth:`~SharedStore.live_owners`).
+A store that serves one process (:class:`MemoryStore`) implements only
+:class:`Store` and stubs nothing.
+
+The protocol says what a class *can* do; its ``shared`` attribute says what
+one instance *does*. They differ for SQLite: a file is shared by the
+processes of a host, ``":memory:"`` is private to one, and both are the same
+class. So the server asks :func:`shared_store`, which answers with the store
+only when its class implements :class:`SharedStore` and the instance says
+``shared``; otherwise the server treats it as its only user (on start, every
+unfinished operation was left by its previous life and is lost).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import secrets
-import time
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
-from .._errors import DuplicateOperation
+from .._errors import DuplicateOperation, StoreUnavailable, StoreURLError
 from ..core._model import Operation
 
 
@@ -23,18 +38,15 @@ from ..core._model import Operation
 class Store(Protocol):
     """Persistence of operation records. Every backend passes tests/test_store_contract.py.
 
-    ``shared`` says whether several server instances may use the store at once.
-    A store that is not shared belongs to one process: on start, that process
-    declares every unfinished operation lost. A shared store relies on owner
-    heartbeats instead, and wakes held polls on every instance through
-    :meth:`subscribe`.
+    A method that needs the backend raises :class:`~repoll.stores.StoreNotOpen`
+    before :meth:`open` (or after :meth:`close`), and
+    :class:`~repoll.StoreUnavailable` when the backend is down or busy (the
+    server answers 503 and keeps retrying what it must write).
 
-    A store may also set ``exact_liveness = True`` when :meth:`live_owners`
-    can never call a live process dead (SQLite's lock files); otherwise the
-    server waits out ``owner_ttl`` of its own heartbeats before believing it.
+    A store that only implements this protocol belongs to one process: on
+    start, that process declares every unfinished operation lost. A store
+    several server instances may use at once is a :class:`SharedStore`.
     """
-
-    shared: bool
 
     async def open(self) -> None:
         """Prepare the backend (create tables, connect). Called once before use."""
@@ -45,9 +57,10 @@ class Store(Protocol):
     async def create(self, operation: Operation) -> None:
         """Insert a new record (its id is fresh; version 0).
 
-        Raises :class:`~repoll.DuplicateOperation` when another stored record
-        has the same ``idempotency_key`` (atomically: of two racing creates
-        with one key, exactly one succeeds).
+        Raises :class:`~repoll.stores.DuplicateOperation` when another stored
+        record has the same ``idempotency_key`` (atomically: of two racing
+        creates with one key, exactly one succeeds), and ``ValueError`` when
+        one has the same id (a caller's mistake: ids are fresh by construction).
         """
 
     async def find_by_idempotency_key(self, key: str) -> Operation | None:
@@ -72,13 +85,39 @@ class Store(Protocol):
         Returns how many records were deleted.
         """
 
+    async def secret(self) -> bytes:
+        """32 random bytes made once per store, the same for every instance using it.
+
+        Keys the digests of principals when the server is given no key of its own.
+        """
+
+
+@runtime_checkable
+class SharedStore(Store, Protocol):
+    """A store several server instances (and Celery workers) may use at once.
+
+    Instead of declaring everything unfinished lost on start, the server
+    relies on owner heartbeats (:meth:`heartbeat`, :meth:`live_owners`), and
+    wakes held polls and stops canceled work on every instance through
+    :meth:`subscribe`.
+
+    ``shared`` says whether this instance really is shared: a class may serve
+    both kinds (SQLite: a file is, ``":memory:"`` is not). When it is False,
+    the server uses the store as a plain :class:`Store` and never calls the
+    methods below. ``exact_liveness`` is True when :meth:`live_owners` can
+    never call a live process dead (SQLite's lock files); otherwise the
+    server waits out ``owner_ttl`` of its own heartbeats before believing it.
+    """
+
+    shared: bool
+    exact_liveness: bool
+
     async def subscribe(self, on_event: Callable[[str, str], None]) -> None:
         """Call ``on_event(kind, id)`` for what other instances need to know.
 
         ``kind`` is ``"finished"`` when any instance ends an operation (sent by
         :meth:`compare_and_set` itself) and ``"cancel"`` after
-        :meth:`announce_cancel`. Stores that are not shared may do nothing:
-        their only process notifies itself.
+        :meth:`announce_cancel`.
 
         The subscription lasts until :meth:`close`, whatever happens to the
         backend meanwhile: a store whose connection drops (a restart, a killed
@@ -97,11 +136,32 @@ class Store(Protocol):
     async def live_owners(self) -> set[str]:
         """The owners whose last heartbeat has not expired."""
 
-    async def secret(self) -> bytes:
-        """32 random bytes made once per store, the same for every instance using it.
 
-        Keys the digests of principals when the server is given no key of its own.
-        """
+# Whether a class implements SharedStore. Asked on every cancellation and
+# heartbeat: a runtime protocol check reads every member each time (microseconds).
+_SHARED_BY_CLASS: dict[type, bool] = {}
+_SHARED_ONLY = ("exact_liveness", "subscribe", "announce_cancel", "heartbeat", "live_owners")
+
+
+def shared_store(store: Store) -> SharedStore | None:
+    """``store`` as a :class:`SharedStore` if this instance is shared, else None.
+
+    Raises ``TypeError`` for a store that says ``shared = True`` but lacks
+    part of :class:`SharedStore`: treated as one process's own store, it
+    would have every other instance's work declared lost.
+    """
+    kind = type(store)
+    capable = _SHARED_BY_CLASS.get(kind)
+    if capable is None:
+        capable = isinstance(store, SharedStore)
+        if not capable and getattr(store, "shared", False):
+            missing = ", ".join(name for name in _SHARED_ONLY if not hasattr(store, name))
+            msg = f"{kind.__name__} says shared = True but lacks {missing} of SharedStore"
+            raise TypeError(msg)
+        _SHARED_BY_CLASS[kind] = capable
+    if capable and cast("SharedStore", store).shared:
+        return cast("SharedStore", store)
+    return None
 
 
 # A store reports conflicts by returning False; a writer retries this often
@@ -123,7 +183,8 @@ async def update_operation(
     leave it alone (in which case the current record is returned). Returns
     None if the operation does not exist. ``known`` is the caller's latest
     copy: the first attempt uses it and saves a read; a stale copy only costs
-    a retry.
+    a retry. Raises :class:`~repoll.StoreUnavailable` when other writers keep
+    winning: the record is too busy to change now.
     """
     current = known
     for _ in range(_MAX_CAS_ATTEMPTS):
@@ -138,19 +199,22 @@ async def update_operation(
         if await store.compare_and_set(updated, expected_version=current.version):
             return updated
         current = None
-    msg = f"operation {operation_id}: too many concurrent updates"
-    raise RuntimeError(msg)
+    msg = (
+        f"operation {operation_id}: {_MAX_CAS_ATTEMPTS} updates in a row lost to "
+        "concurrent writers; the store is too busy"
+    )
+    raise StoreUnavailable(msg)
 
 
 class MemoryStore:
-    """Keeps operations in this process's memory: fast, and gone on restart."""
+    """Keeps operations in this process's memory: fast, and gone on restart.
 
-    shared = False
+    A plain :class:`Store`: no other process can see it.
+    """
 
     def __init__(self) -> None:
         self._records: dict[str, Operation] = {}
         self._by_key: dict[str, str] = {}
-        self._owners: dict[str, float] = {}
         self._secret = secrets.token_bytes(32)
 
     async def open(self) -> None:
@@ -201,19 +265,6 @@ class MemoryStore:
                 self._records[op_id] = dataclasses.replace(op, response=None)
         return deleted
 
-    async def subscribe(self, on_event: Callable[[str, str], None]) -> None:
-        return None
-
-    async def announce_cancel(self, operation_id: str) -> None:
-        return None
-
-    async def heartbeat(self, owner: str, *, ttl: float) -> None:
-        self._owners[owner] = time.time() + ttl
-
-    async def live_owners(self) -> set[str]:
-        now = time.time()
-        return {owner for owner, until in self._owners.items() if until > now}
-
     async def secret(self) -> bytes:
         return self._secret
 
@@ -221,8 +272,26 @@ class MemoryStore:
         return len(self._records)
 
 
+def shared_store_from_url(url: str) -> SharedStore:
+    """The shared store a URL names, for a process that joins a server's store.
+
+    Raises :class:`~repoll.StoreURLError` when the URL names a store that only
+    one process can use (``memory://``, SQLite in memory).
+    """
+    shared = shared_store(store_from_url(url))
+    if shared is None:
+        msg = f"a {url.partition(':')[0]}: store belongs to one process; no other can join it"
+        raise StoreURLError(msg)
+    return shared
+
+
 def store_from_url(url: str) -> Store:
-    """A store for ``memory://`` or ``sqlite:///path`` (``sqlite://`` alone: in memory)."""
+    """The store a URL names (docs/deployment.md lists them).
+
+    ``memory://``, ``sqlite:///PATH`` (``sqlite://`` alone: in memory),
+    ``redis://...`` and ``postgresql://...``; anything else raises
+    :class:`~repoll.StoreURLError`.
+    """
     if url in {"memory", "memory://"}:
         return MemoryStore()
     if url.startswith(("redis://", "rediss://", "unix://")):
@@ -243,9 +312,11 @@ def store_from_url(url: str) -> Store:
 
         path = url.removeprefix("sqlite://").removeprefix("/") or ":memory:"
         return SQLiteStore(path)
-    scheme = url.split(":", 1)[0]
+    # Only the scheme goes into the message: the rest may hold a password.
+    scheme, colon, _ = url.partition(":")
+    named = f"scheme {scheme!r}" if colon else f"{url[:40]!r} (no scheme)"
     msg = (
-        f"unsupported store URL scheme {scheme!r}: use memory://, sqlite:///PATH, "
+        f"unsupported store URL {named}: use memory://, sqlite:///PATH, "
         "redis://HOST[:PORT][/DB] or postgresql://USER@HOST[:PORT]/DB"
     )
-    raise ValueError(msg)
+    raise StoreURLError(msg)
