@@ -289,7 +289,7 @@ def test_remote_executors_are_known_by_their_protocol():
     assert remote_executor(InProcessExecutor()) is None
 
     class ElsewhereExecutor(InProcessExecutor):  # structural: no base class needed
-        async def hand_off(self, running, name, endpoint, args, kwargs, *, status_code, rerun):
+        async def hand_off(self, running, call):
             return None
 
     elsewhere = ElsewhereExecutor()

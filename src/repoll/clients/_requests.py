@@ -16,16 +16,7 @@ from typing import Any
 
 from .. import _testing
 from .._errors import MissingExtraError
-from ..core._poll import (
-    Hop,
-    Observed,
-    Poll,
-    PollOptions,
-    first_request_headers,
-    needs_polling,
-    poll_flow,
-    poll_headers,
-)
+from ..core import _poll as flow
 from ._runners import Sleeper, drive
 
 try:
@@ -35,8 +26,10 @@ except ModuleNotFoundError as exc:
     raise MissingExtraError("requests", "requests") from exc
 
 
-def _observe(response: requests.Response, method: str, url: str, body: bytes = b"") -> Observed:
-    return Observed(
+def _observe(
+    response: requests.Response, method: str, url: str, body: bytes = b""
+) -> flow.Observed:
+    return flow.Observed(
         method=method,
         status=response.status_code,
         headers={k.lower(): v for k, v in response.headers.items()},
@@ -60,10 +53,14 @@ class PollingAdapter(HTTPAdapter):
     """
 
     def __init__(
-        self, *, options: PollOptions | None = None, sleep: Sleeper | None = None, **kwargs: Any
+        self,
+        *,
+        options: flow.PollOptions | None = None,
+        sleep: Sleeper | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.options = options or PollOptions()
+        self.options = options or flow.PollOptions()
         self._sleep = sleep or _testing.sleep
 
     def send(  # noqa: PLR0917 - requests' own signature
@@ -75,7 +72,7 @@ class PollingAdapter(HTTPAdapter):
         cert: Any = None,
         proxies: Mapping[str, str] | None = None,
     ) -> requests.Response:
-        for name, value in first_request_headers(self.options).items():
+        for name, value in flow.first_request_headers(self.options).items():
             request.headers.setdefault(name, value)
         settings: dict[str, Any] = {
             "timeout": timeout,
@@ -85,32 +82,32 @@ class PollingAdapter(HTTPAdapter):
         }
         response = super().send(request, stream=stream, **settings)
         method, url = request.method or "GET", request.url or ""
-        if not needs_polling(_observe(response, method, url)):
+        if not flow.needs_polling(_observe(response, method, url)):
             return response
         first = _observe(response, method, url, response.content)
         history = [response]
-        hops: list[Hop] = []
+        hops: list[flow.Hop] = []
         user_callback = self.options.on_progress
 
-        def record(hop: Hop) -> None:
+        def record(hop: flow.Hop) -> None:
             hops.append(hop)
             if user_callback is not None:
                 user_callback(hop)
 
-        def send_poll(poll: Poll) -> Observed:
-            headers = poll_headers(request.headers, url, poll)
+        def send_poll(poll: flow.Poll) -> flow.Observed:
+            headers = flow.poll_headers(request.headers, url, poll)
             prepared = requests.Request("GET", poll.url, headers=headers).prepare()
             try:
                 reply = super(PollingAdapter, self).send(prepared, stream=False, **settings)
             except (requests.ConnectionError, requests.Timeout) as exc:
-                return Observed(
+                return flow.Observed(
                     method="GET", status=0, headers={}, url=poll.url, at=time.monotonic(), error=exc
                 )
             history.append(reply)
             return _observe(reply, "GET", poll.url, reply.content)
 
         options = dataclasses.replace(self.options, on_progress=record)
-        drive(poll_flow(first, options, wall_clock=time.time), send_poll, self._sleep)
+        drive(flow.poll_flow(first, options, wall_clock=time.time), send_poll, self._sleep)
         final = history[-1]
         final.history = history[:-1]
         final.repoll_hops = hops  # type: ignore[attr-defined]

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .._errors import MissingExtraError, RepollError
 from ..core._model import Operation
 from ..stores._store import Store, shared_store, update_operation
-from ._in_process import RemoteExecutor
+from ._in_process import RemoteCall, RemoteExecutor
 
 try:
     import celery
@@ -135,17 +135,7 @@ class CeleryExecutor(RemoteExecutor):
     async def shutdown(self, grace: float) -> list[str]:
         return []  # the work is the workers'; nothing runs here
 
-    async def hand_off(
-        self,
-        running: RunningOperation,
-        name: str,
-        endpoint: Callable[..., Any],
-        args: Any,
-        kwargs: Any,
-        *,
-        status_code: int,
-        rerun: bool,
-    ) -> None:
+    async def hand_off(self, running: RunningOperation, call: RemoteCall) -> None:
         server = running.server
         if shared_store(server.store) is None:
             msg = "a Celery executor needs a shared store (redis:// or postgresql://)"
@@ -153,9 +143,9 @@ class CeleryExecutor(RemoteExecutor):
         payload = {
             "operation": running.id,
             "operation_url": running.url,  # for the worker's OperationCanceled
-            "endpoint": name,
-            "arguments": encode_arguments(endpoint, args, kwargs),
-            "status_code": status_code,
+            "endpoint": call.name,
+            "arguments": encode_arguments(call.endpoint, call.args, call.kwargs),
+            "status_code": call.status_code,
             "store": _store_url(server.store),
             "retention": server.retention,
             "owner_ttl": server.owner_ttl,
@@ -169,7 +159,7 @@ class CeleryExecutor(RemoteExecutor):
             return op.evolve(owner=None) if op.owner else None
 
         await update_operation(server.store, running.id, release)
-        task = RERUN_TASK if rerun else TASK
+        task = RERUN_TASK if call.rerun else TASK
         await asyncio.to_thread(
             self.app.send_task, task, args=[json.dumps(payload)], queue=self.queue
         )

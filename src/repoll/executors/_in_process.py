@@ -16,6 +16,7 @@ import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, runtime_checkable
 
 if TYPE_CHECKING:
@@ -55,6 +56,18 @@ class Executor(Protocol):
         """Let work finish for ``grace`` seconds, cancel the rest; return their ids."""
 
 
+@dataclass(frozen=True, slots=True)
+class RemoteCall:
+    """An endpoint's call, validated and ready to run in another process."""
+
+    name: str  # the endpoint as registered ("module:qualname"), for the worker to import
+    endpoint: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    status_code: int  # the route's success status, for a return value that is not a response
+    rerun: bool  # declared safe to run again after a worker dies
+
+
 @runtime_checkable
 class RemoteExecutor(Protocol):
     """An executor whose work runs in another process (a Celery worker, say).
@@ -64,18 +77,8 @@ class RemoteExecutor(Protocol):
     and writes its outcome to the shared store.
     """
 
-    async def hand_off(
-        self,
-        running: RunningOperation,
-        name: str,
-        endpoint: Callable[..., Any],
-        args: Any,
-        kwargs: Any,
-        *,
-        status_code: int,
-        rerun: bool,
-    ) -> None:
-        """Send the call of ``endpoint`` (registered as ``name``) to where it will run."""
+    async def hand_off(self, running: RunningOperation, call: RemoteCall) -> None:
+        """Send ``call`` to where it will run, as the work of ``running``."""
 
 
 _REMOTE_BY_CLASS: dict[type, bool] = {}

@@ -51,7 +51,7 @@ from ..core._headers import (
 )
 from ..core._model import Operation, StoredResponse
 from ..core._status import Event, OperationStatus
-from ..executors._in_process import remote_executor
+from ..executors._in_process import RemoteCall, remote_executor
 from ..executors._work import WorkHandle
 from ._routes import DEFERRED_MARK
 from ._scope import ASGIApp, Message, Receive, Scope, Send, first_header
@@ -526,9 +526,8 @@ def deferred(endpoint: Callable[P, Any] | None = None, /, *, rerun: bool = False
             request = _current_request.get()
             route = request.scope.get("route") if request is not None else None
             status = getattr(route, "status_code", None) or 200
-            await remote.hand_off(
-                running, name, endpoint, args, kwargs, status_code=status, rerun=rerun
-            )
+            call = RemoteCall(name, endpoint, tuple(args), dict(kwargs), status, rerun)
+            await remote.hand_off(running, call)
             raise HandedOff
 
     if inspect.iscoroutinefunction(endpoint):
