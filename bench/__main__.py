@@ -10,8 +10,8 @@ import json
 import platform
 import time
 
+from . import budgets, distributed, overhead, polling, scale, throughput
 from . import clients as standard_clients
-from . import distributed, overhead, polling, scale, throughput
 from ._common import RESULTS, table
 
 
@@ -22,6 +22,38 @@ def main() -> None:
         "--only",
         default="clients,polling,distributed,throughput,scale,overhead",
         help="comma-separated benchmarks to run (default: all)",
+    )
+    group = parser.add_argument_group(
+        "budgets", "standard clients x job lengths (--only budgets; not in the default run)"
+    )
+    group.add_argument(
+        "--jobs",
+        help="comma-separated job lengths in seconds (default 10,60,300,1800; "
+        f"compressed: {','.join(f'{s:g}' for s in budgets.COMPRESSED_JOBS)})",
+    )
+    group.add_argument("--clients", help="comma-separated client names (default: all installed)")
+    group.add_argument(
+        "--progress",
+        choices=["both", "yes", "no"],
+        default="both",
+        help="work that reports progress, work that does not, or both (default)",
+    )
+    group.add_argument(
+        "--max-hold",
+        type=float,
+        help="cap on holds, passed to repoll serve --max-hold (or the app, for servers "
+        f"without the option); compressed default {budgets.COMPRESSED_MAX_HOLD:g}",
+    )
+    group.add_argument(
+        "--compressed",
+        action="store_true",
+        help="time-compressed: a small max hold and short jobs (implied by --smoke)",
+    )
+    group.add_argument(
+        "--parallel",
+        type=int,
+        default=18,
+        help="runs at once, each with its own server (default 18)",
     )
     args = parser.parse_args()
     chosen = set(args.only.split(","))
@@ -35,6 +67,46 @@ def main() -> None:
         rows = standard_clients.run(seconds)
         print(table(rows, standard_clients.COLUMNS) + "\n", flush=True)
         (RESULTS / "clients.json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
+
+    if "budgets" in chosen:
+        compressed = args.compressed or args.smoke
+        jobs = (
+            [float(s) for s in args.jobs.split(",")]
+            if args.jobs
+            else list(budgets.COMPRESSED_JOBS if compressed else budgets.FULL_JOBS)
+        )
+        max_hold = args.max_hold
+        if max_hold is None and compressed:
+            max_hold = budgets.COMPRESSED_MAX_HOLD
+        names = args.clients.split(",") if args.clients else budgets.available_clients()
+        progress = {"both": (False, True), "yes": (True,), "no": (False,)}[args.progress]
+        print(
+            f"budgets: {len(names)} clients x jobs of {', '.join(f'{s:g}' for s in jobs)} s "
+            f"x progress {args.progress}; max hold "
+            f"{'server default' if max_hold is None else f'{max_hold:g} s'}; "
+            f"{args.parallel} at once",
+            flush=True,
+        )
+        print(budgets.legend(names), flush=True)
+        rows = budgets.run(
+            jobs,
+            clients=names,
+            progress=progress,
+            max_hold=max_hold,
+            parallel=args.parallel,
+            on_row=lambda row: print(
+                f"  done: {row['client']}, {row['job_seconds']:g} s, progress "
+                f"{row['progress']}: {row['end']} {row['failure']}",
+                flush=True,
+            ),
+        )
+        if rows:
+            print(f"server: {rows[0]['repoll']}; max hold: {rows[0]['max_hold']}")
+        print(table(rows, budgets.COLUMNS) + "\n", flush=True)
+        for row in rows:
+            if row["message"] and row["ok"] != "yes":
+                print(f"  {row['client']}, {row['job_seconds']:g} s: {row['message']}")
+        (RESULTS / "budgets.json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
 
     if "polling" in chosen:
         count, clients = (12, 4) if args.smoke else (200, 50)

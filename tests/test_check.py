@@ -34,7 +34,7 @@ def check(url: str, *args: str) -> tuple[int, dict[str, dict]]:
 def test_every_clause_passes_against_the_demo(live):
     code, clauses = check(f"{live.url}/start_work", "--json", '{"seconds": 2}')
     assert {name: c["result"] for name, c in clauses.items()} == dict.fromkeys(clauses, "pass")
-    assert len(clauses) == 16
+    assert len(clauses) == 17
     assert code == 0
 
 
@@ -80,6 +80,7 @@ def test_a_seed_style_server_fails_the_right_clauses():
     for passing in ("start-answer", "location-same-origin", "retry-after", "wait-zero"):
         assert results[passing] == "pass", (passing, clauses[passing])
     assert results["final-replay"] == "fail"  # no Operation-Status, no Content-Location
+    assert results["hop-urls"] == "fail"  # every poll redirected to the same URL
 
 
 def test_a_malformed_retry_after_is_a_failed_clause_not_a_crash():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -91,3 +92,23 @@ def test_serve_finds_an_app_module_in_the_working_directory(tmp_path):
         process.terminate()
         process.wait(timeout=30)
         process.stderr.close()
+
+
+def test_serve_max_hold_sets_the_servers_pacing(monkeypatch):
+    import uvicorn
+
+    from repoll.cli import _main
+    from repoll.server._engine import MAX_HOLD_ENV, pacing_from_environment
+
+    ran = []
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: ran.append(kwargs))
+    # serve exports its settings to the environment: a copy, restored after.
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if k != MAX_HOLD_ENV})
+    assert _main.main(["serve", "--max-hold", "1.5"]) == 0
+    assert ran
+    assert os.environ[MAX_HOLD_ENV] == "1.5"
+    policy = pacing_from_environment(os.environ)
+    assert (policy.max_hold, policy.min_hold) == (1.5, 1.0)
+    assert pacing_from_environment({MAX_HOLD_ENV: "0.3"}).min_hold == 0.3
+    assert pacing_from_environment({}).max_hold == 25.0
+    assert _main.main(["serve", "--max-hold", "-1"]) == _main.EXIT_USAGE

@@ -53,11 +53,11 @@ def final(status=200, **json):
     )
 
 
-def client_for(transport, sleep=no_sleep, **options):
+def client_for(transport, sleep=no_sleep, timeout=60.0, **options):
     hops = []
     options.setdefault("on_progress", hops.append)
     polling = repoll.PollingTransport(transport, options=PollOptions(**options), sleep=sleep)
-    return httpx.Client(transport=polling, base_url="http://api.test"), hops
+    return httpx.Client(transport=polling, base_url="http://api.test", timeout=timeout), hops
 
 
 def test_non_polling_responses_pass_through_untouched():
@@ -395,3 +395,17 @@ def test_handle_never_sends_the_clients_auth_to_another_origin():
     assert "authorization" in seen[0].headers
     assert str(seen[-1].url) == "http://other.test/op"
     assert "authorization" not in seen[-1].headers
+
+
+def test_polls_ask_for_holds_that_end_before_the_read_timeout():
+    # httpx waits 5 s by default; asking for 30 s holds made every held poll
+    # of a long job time out (and a job over half a minute fail).
+    for timeout, wait in ((httpx.Timeout(5.0), "wait=4"), (httpx.Timeout(60.0), "wait=30")):
+        seen = []
+        transport = scripted(
+            pending(retry_after="1", operation_status="running"), final(), seen=seen
+        )
+        polling = repoll.PollingTransport(transport, sleep=no_sleep)
+        with httpx.Client(transport=polling, base_url="http://api.test", timeout=timeout) as client:
+            assert client.post("/start").status_code == 200
+        assert seen[1].headers["prefer"] == f"respond-async, {wait}"

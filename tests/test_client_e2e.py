@@ -32,6 +32,26 @@ def test_transport_one_call(live):
     assert response.json()["result"] == "done"
 
 
+def test_httpx_default_timeout_never_cuts_a_held_poll(live):
+    # httpx waits 5 s for an answer by default; the client asked for 30 s
+    # holds, so every poll of a job over 5 s timed out and was retried, and
+    # a job over half a minute failed. Now it asks for 4 s.
+    with httpx.Client(transport=repoll.PollingTransport()) as client:
+        response = client.post(f"{live.url}/start_work", json={"seconds": 9})
+    assert response.status_code == 200
+    hops = response.extensions["repoll.hops"]
+    assert [hop for hop in hops if hop.status == 0] == []
+    assert len(hops) <= 5  # start, then holds of 4 s
+
+
+def test_requests_timeout_never_cuts_a_held_poll(live):
+    session = requests.Session()
+    session.mount("http://", repoll.PollingAdapter())
+    response = session.post(f"{live.url}/start_work", json={"seconds": 9}, timeout=(3, 5))
+    assert response.status_code == 200
+    assert [hop for hop in response.repoll_hops if hop.status == 0] == []
+
+
 @pytest.mark.anyio
 async def test_async_transport_one_call(live):
     async with httpx.AsyncClient(transport=repoll.AsyncPollingTransport(), timeout=60) as client:

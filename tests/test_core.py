@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from repoll._errors import InvalidTransition
 from repoll.core import _headers as h
 from repoll.core import _replies as replies
+from repoll.core import _stream as stream
 from repoll.core._headers import Preferences, parse_prefer
 from repoll.core._model import Operation, StoredResponse, clamp_progress
 from repoll.core._pacing import (
@@ -550,15 +551,15 @@ def test_declared_body_length(value, over):
 
 
 def test_event_stream_pieces():
-    start = replies.stream_start(SITE, frozenset({SITE}))
+    start = stream.stream_start(SITE, frozenset({SITE}))
     assert start.status == 200
     assert start.header("content-type") == "text/event-stream"
     assert start.header("x-accel-buffering") == "no"
     assert start.header("access-control-allow-origin") == SITE
-    status = replies.stream_event(make_operation(progress=0.25))
+    status = stream.stream_event(make_operation(progress=0.25))
     assert status.startswith(b"event: status\ndata: ")
     assert json.loads(status.split(b"data: ")[1])["progress"] == 0.25
-    outcome = replies.stream_event(_ended(), retry=1.2345)
+    outcome = stream.stream_event(_ended(), retry=1.2345)
     assert outcome.startswith(b"retry: 1234\nevent: outcome\n")
     assert json.loads(outcome.split(b"data: ")[1])["response_status"] == 200
 

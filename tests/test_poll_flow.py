@@ -152,3 +152,14 @@ def test_options_validate():
         PollOptions(deadline=0)
     with pytest.raises(ValueError, match="min_interval"):
         PollOptions(min_interval=2, max_interval=1)
+
+
+def test_a_poll_never_asks_to_be_held_as_long_as_the_library_waits():
+    from repoll.core._poll import hold_within
+
+    assert hold_within(30.0, None) == 30.0
+    assert hold_within(30.0, 5.0) == 4.0  # httpx's default read timeout
+    assert hold_within(30.0, 60.0) == 30.0
+    assert hold_within(None, 5.0) == 4.0  # no hold asked, but the server's default may be long
+    assert hold_within(None, None) is None
+    assert hold_within(2.0, 1.0) == 0.0  # too short to hold at all

@@ -93,13 +93,16 @@ async def test_start_answers_303_with_the_protocol_headers(setup):
     assert response.status_code == 303
     location = response.headers["location"]
     assert location.startswith("/operations/")  # a path: right behind any proxy
-    assert len(location.rsplit("/", 1)[1]) == 22
+    # A client following redirects goes to its first hop URL (protocol.md 5.6).
+    operation_id, hop = location.rsplit("/", 1)[1].split("?")
+    assert len(operation_id) == 22
+    assert hop == "hop=1"
     assert int(response.headers["retry-after"]) >= 1
     assert int(response.headers["retry-after-ms"]) > 0
     assert response.headers["operation-status"] in {"queued", "running"}
     assert response.headers["cache-control"] == "no-store"
     document = response.json()
-    assert document["id"] == location.rsplit("/", 1)[1]
+    assert document["id"] == operation_id
     assert document["status"] in {"queued", "running"}
 
 
@@ -125,7 +128,8 @@ async def test_poll_while_running_redirects_to_itself(setup):
     await asyncio.sleep(0.05)  # progress is written in the background
     poll = await client.get(location, headers={"prefer": "wait=0"})
     assert poll.status_code == 303
-    assert poll.headers["location"] == location
+    # The same operation, one hop further (protocol.md 5.6).
+    assert poll.headers["location"] == location.replace("?hop=1", "?hop=2")
     assert poll.headers["operation-status"] == "running"
     assert poll.json()["progress"] == 0.25
     assert poll.json()["message"] == "waiting for the gate"
@@ -142,7 +146,7 @@ async def test_final_response_is_the_endpoints_own_replayed(setup):
     assert final.headers["x-job"] == "yes"
     assert final.headers["content-type"] == "application/json"
     assert final.headers["operation-status"] == "succeeded"
-    assert final.headers["content-location"] == location
+    assert final.headers["content-location"] == location.split("?")[0]  # the canonical URL
     assert final.headers["cache-control"] == "no-store"
     again = await client.get(location)
     assert (again.status_code, again.content) == (201, final.content)
@@ -353,7 +357,7 @@ async def test_the_store_keeps_a_digest_not_the_credential(setup):
     location = (await client.post("/gated", headers={"authorization": "Bearer s3cret"})).headers[
         "location"
     ]
-    op = await server.store.get(location.rsplit("/", 1)[1])
+    op = await server.store.get(location.rsplit("/", 1)[1].split("?")[0])
     assert "s3cret" not in repr(op)
     assert len(op.principal) == 64
     seen["release"].set()
@@ -589,7 +593,7 @@ async def test_cookie_sessions_and_custom_principal_functions():
     app, server, seen = build_app(principal=tenant)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         location = (await c.post("/gated", headers={"x-tenant": "acme"})).headers["location"]
-        op = await server.store.get(location.rsplit("/", 1)[1])
+        op = await server.store.get(location.rsplit("/", 1)[1].split("?")[0])
         assert "acme" not in op.principal  # stored as a digest
         assert (
             await c.get(location, headers={"x-tenant": "acme", "prefer": "wait=0"})

@@ -33,6 +33,7 @@ _PUBLIC: dict[str, str] = {
     "RunningOperation": ".server._deferral",
     "cookie_principal": ".server._principal",
     "PacingPolicy": ".core._pacing",
+    "ClientProfile": ".core._profiles",
     "Limits": ".core._config",
     "Lifetimes": ".core._config",
     "UrlPolicy": ".core._config",
@@ -106,6 +107,7 @@ else:
     from .core._pacing import PacingPolicy as PacingPolicy
     from .core._poll import Hop as Hop
     from .core._poll import PollOptions as PollOptions
+    from .core._profiles import ClientProfile as ClientProfile
     from .core._status import OperationStatus as OperationStatus
     from .executors._celery import CeleryExecutor as CeleryExecutor
     from .executors._in_process import Executor as Executor

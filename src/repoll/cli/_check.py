@@ -104,6 +104,11 @@ CLAUSES: list[tuple[str, str, str]] = [
     ("wait-zero", "MUST", "Prefer: wait=0 is answered at once"),
     ("pacing", "MUST", "a status GET without Prefer is held, not answered at once"),
     (
+        "hop-urls",
+        "SHOULD",
+        "a poll's 303 names a URL not yet visited (clients count repeats as loops)",
+    ),
+    (
         "final-replay",
         "MUST",
         "the outcome carries a terminal Operation-Status and Content-Location",
@@ -192,6 +197,9 @@ def _pending_clauses(check: Check, client: httpx.Client, operation: str) -> None
     if _terminal(response):
         return  # the work ended already: nothing to pace
     check.verdict("wait-zero", "MUST", "", took < 1.0, f"after {took:.2f} s: {_describe(response)}")
+    if response.status_code == 303 and "location" in response.headers:
+        following = urljoin(operation, response.headers["location"])
+        check.verdict("hop-urls", "SHOULD", "", following != operation, _describe(response))
     response, took = _timed(lambda: client.get(operation))
     final = _terminal(response)
     check.verdict(
@@ -217,10 +225,13 @@ def _outcome_clauses(check: Check, client: httpx.Client, operation: str) -> None
             time.sleep(0.5)  # a server that does not hold: do not spin
         response = client.get(operation, headers={"prefer": "wait=10"})
         polls += 1
+    # The start may have sent a hop URL (the operation URL with a query,
+    # protocol.md 5.6): the outcome names the operation URL itself.
     ok = (
         _terminal(response)
         and response.headers.get("content-location") is not None
-        and urljoin(operation, response.headers["content-location"]) == operation
+        and urljoin(operation, response.headers["content-location"]).partition("?")[0]
+        == operation.partition("?")[0]
     )
     check.verdict("final-replay", "MUST", "", ok, _describe(response))
     if "no-store" not in response.headers.get("cache-control", ""):

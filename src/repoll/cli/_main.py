@@ -115,6 +115,7 @@ def serve(
     workers: int = 1,
     forwarded_allow_ips: str | None = None,
     public_url: str | None = None,
+    max_hold: float | None = None,
 ) -> int:
     """Serve the demo app (or ``MODULE:APP``) with uvicorn until interrupted."""
     require("uvicorn", "server")
@@ -133,6 +134,9 @@ def serve(
     except ValueError as exc:
         print(f"repoll: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if max_hold is not None and not 0 <= max_hold < float("inf"):
+        print("repoll: --max-hold must be a number of seconds, at least 0", file=sys.stderr)
+        return EXIT_USAGE
     store = store or os.environ.get("REPOLL_STORE")
     if workers > 1 and store and store.split("?")[0] in {"memory://", "memory", "sqlite://"}:
         # Each process would have its own private store: a poll answered by
@@ -149,6 +153,7 @@ def serve(
         "REPOLL_BROKER": broker,
         "FORWARDED_ALLOW_IPS": forwarded_allow_ips,
         "REPOLL_PUBLIC_URL": public_url,
+        "REPOLL_MAX_HOLD": None if max_hold is None else repr(max_hold),
     }
     for name, value in settings.items():
         if value:
@@ -386,6 +391,14 @@ def _parser() -> argparse.ArgumentParser:
         help="the base URL clients use (https://api.example.com); operation URLs are "
         "built on it; exported as REPOLL_PUBLIC_URL",
     )
+    serve_cmd.add_argument(
+        "--max-hold",
+        type=float,
+        metavar="SECONDS",
+        help="hold no request longer than this (default 25, under the 30 s of Heroku's "
+        "router and Google Cloud's load balancers); keep it under your proxies' idle "
+        "timeouts; exported as REPOLL_MAX_HOLD",
+    )
     worker_cmd = commands.add_parser(
         "worker", help="run deferred work from the demo app (or MODULE:APP) on Celery"
     )
@@ -462,6 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             workers=args.workers,
             forwarded_allow_ips=args.forwarded_allow_ips,
             public_url=args.public_url,
+            max_hold=args.max_hold,
         )
     except MissingExtraError as exc:
         print(f"repoll: {exc}", file=sys.stderr)

@@ -189,7 +189,9 @@ class _Handle:
                 options = dataclasses.replace(options, deadline=timeout)
             # The deadline counts from now, not from when the last response came.
             first = dataclasses.replace(self._last, at=time.monotonic())
-            flow = poll_flow(first, options, wall_clock=time.time)
+            flow = poll_flow(
+                first, options, wall_clock=time.time, read_timeout=self._client.timeout.read
+            )
             try:
                 action = next(flow)
                 while True:

@@ -119,7 +119,19 @@ class _Shell:
             if user_callback is not None:
                 user_callback(hop)
 
-        return poll_flow(first, replace(options, on_progress=record), wall_clock=time.time)
+        return poll_flow(
+            first,
+            replace(options, on_progress=record),
+            wall_clock=time.time,
+            read_timeout=read_timeout_of(request),
+        )
+
+
+def read_timeout_of(request: httpx.Request) -> float | None:
+    """How long httpx will wait for this request's answer (its ``timeout`` extension)."""
+    timeout = request.extensions.get("timeout")
+    read = timeout.get("read") if isinstance(timeout, dict) else None
+    return float(read) if isinstance(read, int | float) else None
 
 
 def finish(final: httpx.Response, history: list[httpx.Response], hops: list[Hop]) -> httpx.Response:

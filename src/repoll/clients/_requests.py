@@ -107,8 +107,18 @@ class PollingAdapter(HTTPAdapter):
             return _observe(reply, "GET", poll.url, reply.content)
 
         options = dataclasses.replace(self.options, on_progress=record)
-        drive(flow.poll_flow(first, options, wall_clock=time.time), send_poll, self._sleep)
+        steps = flow.poll_flow(
+            first, options, wall_clock=time.time, read_timeout=_read_timeout(timeout)
+        )
+        drive(steps, send_poll, self._sleep)
         final = history[-1]
         final.history = history[:-1]
         final.repoll_hops = hops  # type: ignore[attr-defined]
         return final
+
+
+def _read_timeout(timeout: Any) -> float | None:
+    """The read timeout in requests' ``timeout`` (a number, or (connect, read))."""
+    if isinstance(timeout, tuple):
+        timeout = timeout[1] if len(timeout) == 2 else None
+    return float(timeout) if isinstance(timeout, int | float) else None

@@ -18,10 +18,16 @@ not wire format: the protocol only says Retry-After is the server's estimate.
 Holds
 -----
 Standard clients follow a ``303`` at once, whatever its Retry-After says, so
-the server paces them by holding their polls (:func:`hold_seconds`): a status
-poll is held for the advertised interval (``Prefer: wait=N`` overrides it),
-a start only when it asks with ``Prefer: wait``, a progress page never (a
-person sees it at once; its ``Refresh`` paces the browser). A ``DELETE`` on
+the server paces them by holding their polls (:func:`hold_seconds`).
+``Prefer: wait=N`` asks for N seconds. A client that follows redirects by
+itself (no ``Prefer: wait``) has a budget, its profile (``_profiles``):
+redirects, a read timeout, a total timeout. Since a hold ends the moment the
+work ends, a short hold buys such a client nothing and costs it a redirect,
+so its polls are held as long as its budget allows from the first one
+(:func:`plain_hold`), and when it could not follow another redirect it gets
+a ``202`` instead (:func:`follows_again`). A start is held only when it asks
+with ``Prefer: wait``, a progress page never (a person sees it at once; its
+``Refresh`` paces the browser). A ``DELETE`` on
 running work waits ``cancel_hold`` for the work to stop, and an event stream
 re-reads the record every ``stream_refresh`` for progress. The shell only
 measures time and waits; every length comes from here.
@@ -34,6 +40,15 @@ from dataclasses import dataclass
 
 from ._headers import Preferences
 from ._model import Operation
+from ._profiles import ClientProfile
+
+# A hold stays this far under a client's read timeout (network and server
+# time between the client's clock and the server's), and the share of a
+# total timeout left for a hold leaves this much unspent.
+TIMEOUT_MARGIN = 1.0
+# No hold a client's budget allows is shorter than this: a client whose
+# timeouts leave less gets its last answer (a 202) instead of another redirect.
+MIN_BUDGET_HOLD = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +62,10 @@ class PacingPolicy:
     # client following redirects at once still makes at most one request per
     # ``min_hold`` seconds.
     min_hold: float = 1.0
-    max_hold: float = 30.0
+    # No request is held longer: under the 30 s of Heroku's router and of
+    # Google Cloud's load balancers, well under nginx's and AWS ALB's 60 s
+    # (docs/deployment.md has the table).
+    max_hold: float = 25.0
     # A DELETE on running work waits this long for it to stop: cooperative
     # cancellation usually lands within a moment, and then the answer is the
     # outcome (200) instead of "stopping" (202).
@@ -55,8 +73,14 @@ class PacingPolicy:
     # An event stream re-reads the record this often for progress; ends
     # arrive at once whatever it is.
     stream_refresh: float = 0.5
+    # A deployment's own client profiles, searched before the built-in
+    # table (``_profiles.KNOWN_CLIENTS``): to add clients or change defaults.
+    profiles: tuple[ClientProfile, ...] = ()
 
     def __post_init__(self) -> None:
+        if not all(isinstance(p, ClientProfile) for p in self.profiles):
+            msg = "profiles must be ClientProfile instances"
+            raise TypeError(msg)
         if not 0 <= self.min_interval <= self.max_interval:
             msg = "need 0 <= min_interval <= max_interval"
             raise ValueError(msg)
@@ -138,15 +162,21 @@ def hold_seconds(
     policy: PacingPolicy,
     *,
     page: bool = False,
+    profile: ClientProfile | None = None,
+    followed: int = 0,
+    age: float = 0.0,
 ) -> float:
     """How long to hold a request before answering "not yet".
 
     A progress page (``page``) is never held: a person sees it at once, and
     its ``Refresh`` paces the browser. Otherwise ``Prefer: wait=N`` asks for
-    N seconds (0 answers at once); without it a status poll is held for the
-    interval the server advertises, at least ``min_hold``, and a start
-    (``advertised`` None: its answer is the first redirect, nothing to pace
-    yet) is not held. Every hold is capped by ``max_hold``.
+    N seconds (0 answers at once). Without it, a start (``advertised`` None:
+    its answer is the first redirect, nothing to pace yet) is not held, and
+    a status poll is held as long as the client's budget allows
+    (:func:`plain_hold`, given its ``profile``, the redirects it has
+    ``followed`` and the operation's ``age``) or, when the client is not
+    known (``profile`` None), for the advertised interval, at least
+    ``min_hold``. Every hold is capped by ``max_hold``.
     """
     if page:
         return 0.0
@@ -154,7 +184,58 @@ def hold_seconds(
         return min(preferences.wait, policy.max_hold)
     if advertised is None:
         return 0.0
+    if profile is not None:
+        return plain_hold(profile, followed, age, policy)
     return min(max(advertised, policy.min_hold), policy.max_hold)
+
+
+def _requests_left(profile: ClientProfile, followed: int) -> int:
+    """This request and the redirects the client can still follow, one kept spare."""
+    return max(profile.max_redirects - 1 - followed, 0) + 1
+
+
+def _total_left(profile: ClientProfile, age: float) -> float | None:
+    if profile.total_timeout is None:
+        return None
+    return profile.total_timeout - age - TIMEOUT_MARGIN
+
+
+def plain_hold(profile: ClientProfile, followed: int, age: float, policy: PacingPolicy) -> float:
+    """The hold of a poll from a client that follows redirects by itself.
+
+    As long as the client and the path allow, from the first poll: at most
+    ``max_hold`` (the path's idle timeouts), ``TIMEOUT_MARGIN`` under the
+    client's read timeout (at least ``MIN_BUDGET_HOLD``), and what is left
+    of its total timeout (counted from the operation's creation, ``age``)
+    spread evenly over the requests it has left. The hold still ends the
+    moment the work ends, so a longer hold never delays the client; a
+    remaining time the server could estimate changes nothing, since
+    spreading it over the hops left would only spend more of them.
+    """
+    hold = policy.max_hold
+    if profile.read_timeout is not None:
+        timeout = profile.read_timeout
+        hold = min(hold, max(timeout - TIMEOUT_MARGIN, min(MIN_BUDGET_HOLD, timeout / 2)))
+    total = _total_left(profile, age)
+    if total is not None:
+        hold = min(hold, max(total, 0.0) / _requests_left(profile, followed))
+    return max(hold, 0.0)
+
+
+def follows_again(profile: ClientProfile, followed: int, age: float, policy: PacingPolicy) -> bool:
+    """Whether a client that has ``followed`` redirects may get another ``303`` now.
+
+    Not when that redirect would reach its limit (one is kept spare: clients
+    count a little differently), nor when what is left of its total timeout
+    would not allow another hold of ``MIN_BUDGET_HOLD``. Otherwise the
+    client gets the graceful ``202`` (``_replies.ran_out``) instead.
+    """
+    if followed + 1 > profile.max_redirects - 1:
+        return False
+    total = _total_left(profile, age)
+    if total is not None:
+        return total >= min(MIN_BUDGET_HOLD, policy.max_hold)
+    return True
 
 
 def refusal_interval(typical_durations: Iterable[float], policy: PacingPolicy) -> float:

@@ -348,12 +348,15 @@ def poll_flow(
     *,
     wall_clock: Callable[[], float],
     rng: random.Random | None = None,
+    read_timeout: float | None = None,
 ) -> Generator[Action, Observed | None, Observed]:
     """Follow a polling response to its final response (see the module docstring).
 
     ``first.url`` is the original request's URL: the origin polls must stay on.
     ``wall_clock`` gives Unix time, used only to read HTTP-date Retry-After
-    values. ``rng`` drives the backoff jitter.
+    values. ``rng`` drives the backoff jitter. ``read_timeout`` is how long the
+    HTTP library waits for an answer (httpx: 5 s by default): no poll asks to
+    be held that long (:func:`hold_within`).
     """
     backoff = _Backoff(options, rng or random.Random())  # noqa: S311 - jitter, not crypto
     origin = first.url
@@ -411,6 +414,7 @@ def poll_flow(
             started=started,
             operation_url=operation_url,
         )
+        hold = hold_within(hold, read_timeout)
         if options.max_polls is not None and polls >= options.max_polls:
             raise PollingTimeout(
                 f"gave up after {polls} polls; resume the operation from {operation_url}",
@@ -433,6 +437,23 @@ def poll_flow(
         took = observed.at - response.at - delay
         server_holds = bool(hold) and took >= min(0.5 * (hold or 0.0), 1.0)
         response = observed
+
+
+def hold_within(hold: float | None, read_timeout: float | None) -> float | None:
+    """The hold to ask for, so that the answer comes before the library gives up.
+
+    A poll held as long as the client's read timeout races it: the library
+    raises a timeout the moment the server answers, and every poll of a long
+    job fails (httpx's default read timeout is 5 s; the default ``long_poll``
+    asks for 30). So the hold asked for ends a margin before the timeout: a
+    fifth of it, at least a second. Without a hold asked for (``None``: the
+    server's default, which may be long) but with a timeout, the hold is asked
+    for explicitly.
+    """
+    if read_timeout is None or read_timeout <= 0:
+        return hold
+    ceiling = max(read_timeout - max(1.0, read_timeout / 5), 0.0)
+    return ceiling if hold is None else min(hold, ceiling)
 
 
 def _one_more_failure(response: Observed, failures: int, options: PollOptions) -> int:

@@ -51,11 +51,23 @@ class Reply:
 
 
 def pending(
-    operation: Operation, *, operation_url: str, preferences: Preferences, interval: float
+    operation: Operation,
+    *,
+    operation_url: str,
+    preferences: Preferences,
+    interval: float,
+    redirect: str | None = None,
 ) -> Reply:
-    """Not finished yet: 303 to the operation URL, or 202 when ``respond-async`` was asked."""
+    """Not finished yet: 303 to the operation URL, or 202 when ``respond-async`` was asked.
+
+    A 303 sends the client to ``redirect`` (a hop URL, ``_profiles.hop_url``)
+    when given; a 202 always names the operation URL itself.
+    """
+    location = operation_url
+    if redirect is not None and not preferences.respond_async:
+        location = redirect
     headers: Headers = [
-        ("location", operation_url),
+        ("location", location),
         *h.retry_after_headers(interval).items(),
         (h.OPERATION_STATUS, operation.status.value),
         _JSON,
@@ -66,6 +78,31 @@ def pending(
         status = 202
         headers.append((h.PREFERENCE_APPLIED, "respond-async"))
     return Reply(status, headers, operation.status_json())
+
+
+def ran_out(
+    operation: Operation, *, operation_url: str, interval: float, retention: float
+) -> Reply:
+    """The graceful end of a redirect-following client's budget (protocol.md 5.8).
+
+    A ``202`` every client takes as success, naming the operation URL
+    (``Location`` and ``Content-Location``), with the status document and a
+    sentence for the person reading it.
+    """
+    document = operation.status_document()
+    document["detail"] = (
+        f"The work is still running. GET {operation_url} for its outcome; "
+        f"it is kept for {retention:g} seconds after it ends."
+    )
+    headers: Headers = [
+        ("location", operation_url),
+        ("content-location", operation_url),
+        *h.retry_after_headers(interval).items(),
+        (h.OPERATION_STATUS, operation.status.value),
+        _JSON,
+        _NO_STORE,
+    ]
+    return Reply(202, headers, json.dumps(document, separators=(",", ":")).encode())
 
 
 def wants_page(accept: str, preferences: Preferences) -> bool:
@@ -85,8 +122,14 @@ def answer(
     operation_url: str,
     origin: str = "",
     cors_origins: frozenset[str] = frozenset(),
+    redirect: str | None = None,
+    ran_out_after: float | None = None,
 ) -> Reply:
     """What to send for ``operation`` at ``now``: not found, expired, final, page or pending.
+
+    A pending ``303`` goes to ``redirect`` (a hop URL) when given; when the
+    client can follow no more redirects (``ran_out_after``, the retention to
+    mention, is set) it is the graceful ``202`` of :func:`ran_out` instead.
 
     ``interval`` is the Retry-After the server advertises for it, ``page``
     whether the request wants a progress page (:func:`wants_page`). A start
@@ -108,9 +151,18 @@ def answer(
     else:
         if operation.respond_async and not preferences.respond_async:
             preferences = dataclasses.replace(preferences, respond_async=True)
-        reply = pending(
-            operation, operation_url=operation_url, preferences=preferences, interval=interval
-        )
+        if ran_out_after is not None and not preferences.respond_async:
+            reply = ran_out(
+                operation, operation_url=operation_url, interval=interval, retention=ran_out_after
+            )
+        else:
+            reply = pending(
+                operation,
+                operation_url=operation_url,
+                preferences=preferences,
+                interval=interval,
+                redirect=redirect,
+            )
     return with_cors(reply, origin, cors_origins)
 
 
@@ -155,40 +207,6 @@ progress: <strong>{percent}</strong>, elapsed: <span id="elapsed">{elapsed:.0f} 
         _NO_STORE,
     ]
     return Reply(202, headers, page.encode())
-
-
-def sse_event(event: str, data: bytes) -> bytes:
-    """One server-sent event; ``data`` is one line of JSON."""
-    return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
-
-
-def stream_start(origin: str, cors_origins: frozenset[str]) -> Reply:
-    """The head of an event stream (its events follow as more body)."""
-    headers: Headers = [
-        ("content-type", "text/event-stream"),
-        ("cache-control", "no-store"),
-        # nginx buffers responses by default, which would hold every event back.
-        ("x-accel-buffering", "no"),
-        *cors_headers(origin, cors_origins),
-    ]
-    return Reply(200, headers, b"")
-
-
-def stream_event(operation: Operation, *, retry: float | None = None) -> bytes:
-    """The event for ``operation``'s current state: ``status``, or ``outcome`` once it ended.
-
-    The outcome carries the endpoint's status code (``response_status``): the
-    body itself is fetched from the operation URL. ``retry`` (seconds) tells
-    the browser's EventSource when to come back, for a stream that ends early.
-    """
-    event = "outcome" if operation.status.is_terminal else "status"
-    document = operation.status_document()
-    if operation.response is not None:
-        document["response_status"] = operation.response.status
-    body = sse_event(event, json.dumps(document, separators=(",", ":")).encode())
-    if retry is not None:
-        body = f"retry: {round(retry * 1000)}\n".encode() + body
-    return body
 
 
 OperationRequest = Literal["preflight", "module", "stream", "cancel", "status", "not-allowed"]

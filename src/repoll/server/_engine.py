@@ -8,10 +8,8 @@ decided in the I/O-free core (``_replies``, ``_pacing``, ``_status``,
 ``_admission``, ``_origin``, ``_liveness``); this module moves records, time
 and tasks. Each reply is one core call fed what only the shell can gather:
 the record read from the store, the clock, the interval advertised (from this
-process's history and load), the request's headers. A status poll is
-``hold_seconds`` then ``answer``; a cancellation is ``cancel_now``, and only
-when that says the work still runs, the request to stop, a hold of
-``PacingPolicy.cancel_hold`` and ``cancel_answer``.
+process's history and load), the request's headers. The answers to status
+polls and cancellations, which wait, are in ``_answers``.
 
 Liveness and wake-ups
 ---------------------
@@ -36,7 +34,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .._errors import InvalidTransition, MissingExtraError, StoreUnavailable
@@ -51,17 +49,18 @@ from ..core._pacing import (
     DurationHistory,
     PacingPolicy,
     estimate_interval,
-    hold_seconds,
+    follows_again,
     refusal_interval,
     work_snapshot,
 )
+from ..core._profiles import ClientProfile, hop_url, profile_for
 from ..core._status import Event, finish_event
 from ..executors._in_process import Executor, InProcessExecutor
 from ..executors._work import interrupted_outcome
 from ..stores._store import Store, shared_store, store_from_url, update_operation
 from ._holds import Holds
 from ._outage_log import OutageLog
-from ._scope import Receive, Scope, first_header, wants_page
+from ._scope import Scope, first_header, wants_page
 
 try:
     from starlette.requests import HTTPConnection
@@ -78,10 +77,20 @@ logger = logging.getLogger("repoll")
 
 DEFAULT_STORE_URL = "sqlite:///repoll.sqlite3"
 PRINCIPAL_KEY_ENV = "REPOLL_PRINCIPAL_KEY"
+MAX_HOLD_ENV = "REPOLL_MAX_HOLD"  # set by ``repoll serve --max-hold``
 # Writing an outcome is retried with pauses growing to this cap, for as long
 # as this process lives: an outcome is never given up while it can be kept.
 _OUTCOME_RETRY_CAP = 15.0
 _PURGE_EVERY = 60.0
+
+
+def pacing_from_environment(environ: Mapping[str, str]) -> PacingPolicy:
+    """The default pacing, with ``max_hold`` from ``$REPOLL_MAX_HOLD`` when set."""
+    value = environ.get(MAX_HOLD_ENV)
+    if not value:
+        return PacingPolicy()
+    max_hold = float(value)
+    return PacingPolicy(max_hold=max_hold, min_hold=min(PacingPolicy().min_hold, max_hold))
 
 
 class PollingServer:
@@ -111,7 +120,7 @@ class PollingServer:
             store = DEFAULT_STORE_URL
         self.store: Store = store_from_url(store) if isinstance(store, str) else store
         self.executor: Executor = executor or InProcessExecutor()
-        self.pacing = pacing or PacingPolicy()
+        self.pacing = pacing or pacing_from_environment(os.environ)
         self.limits = limits or Limits()
         self.lifetimes = lifetimes or Lifetimes()
         # Settings left unset come from $REPOLL_PUBLIC_URL and $FORWARDED_ALLOW_IPS.
@@ -519,6 +528,10 @@ class PollingServer:
         )
         return estimate_interval(work, self.pacing)
 
+    def profile_of(self, scope: Scope) -> ClientProfile:
+        """What the client of this request can wait for, from its ``User-Agent``."""
+        return profile_for(first_header(scope, b"user-agent"), self.pacing.profiles)
+
     def answer(
         self,
         scope: Scope,
@@ -526,16 +539,27 @@ class PollingServer:
         preferences: Preferences,
         origin: str,
         url: str | None = None,
+        *,
+        followed: int = 0,
     ) -> replies.Reply:
         """What to send for ``op`` now (not found, expired, final, page or pending).
 
         The decision is :func:`repoll.core._replies.answer`; this gathers its
         inputs: the time, the interval advertised, the URL, the request's
-        ``Accept``.
+        ``Accept``, and for a client that follows redirects by itself (it
+        has ``followed`` so many), the hop URL of its next redirect or, when
+        its profile allows no more, the graceful 202.
         """
         now = time.time()
+        redirect: str | None = None
+        ran_out_after: float | None = None
         if op is not None:
             url = url or self.operation_url(scope, op.id)
+            redirect = hop_url(url, followed + 1)
+            if preferences.wait is None and not follows_again(
+                self.profile_of(scope), followed, max(now - op.created_at, 0.0), self.pacing
+            ):
+                ran_out_after = self.retention
         return replies.answer(
             op,
             now=now,
@@ -545,54 +569,6 @@ class PollingServer:
             operation_url=url or "",
             origin=origin,
             cors_origins=self.cors_origins,
+            redirect=redirect,
+            ran_out_after=ran_out_after,
         )
-
-    async def status_reply(
-        self,
-        scope: Scope,
-        operation_id: str,
-        preferences: Preferences,
-        receive: Receive | None = None,
-    ) -> replies.Reply:
-        """The answer to ``GET`` on an operation URL, after holding it if due."""
-        origin = first_header(scope, b"origin")
-        op = await self.visible(scope, operation_id)
-        if op is not None and not op.status.is_terminal:
-            hold = hold_seconds(
-                preferences,
-                self.interval_for(op, time.time()),
-                self.pacing,
-                page=wants_page(scope, preferences),
-            )
-            op = await self.holds.hold(op.id, hold, receive=receive)
-        return self.answer(scope, op, preferences, origin)
-
-    async def cancel_reply(
-        self, scope: Scope, operation_id: str, receive: Receive | None = None
-    ) -> replies.Reply:
-        """The answer to ``DELETE`` on an operation URL."""
-        origin = first_header(scope, b"origin")
-        op = await self.visible(scope, operation_id)
-        reply = replies.cancel_now(op, time.time())
-        if reply is None:
-            assert op is not None  # cancel_now answers a missing record itself
-            await self._request_cancel(op)
-            # Answer with the outcome if the work stops within the hold, else
-            # 202 and the current status.
-            op = await self.holds.hold(op.id, self.pacing.cancel_hold, receive=receive) or op
-            reply = replies.cancel_answer(op)
-        return replies.with_cors(reply, origin, self.cors_origins)
-
-    async def _request_cancel(self, op: Operation) -> None:
-        def flag(current: Operation) -> Operation | None:
-            return current.with_cancel_requested(now=time.time())
-
-        await update_operation(self.store, op.id, flag)
-        running = self._running.get(op.id)
-        if running is not None:
-            running.request_cancel()
-        elif (shared := shared_store(self.store)) is not None:
-            await shared.announce_cancel(op.id)  # the process running it stops it
-        if replies.cancel_by_record(op, running_here=running is not None):
-            event, stored, message = replies.canceled_on_request()
-            await self.transition(op.id, event, response=stored, message=message)

@@ -32,9 +32,11 @@ from typing import Any
 
 from .._errors import StoreUnavailable
 from ..core import _replies as replies
+from ..core import _stream as stream
 from ..core._headers import PREFER, Preferences, parse_prefer
 from ..core._model import Operation
 from ..core._pacing import hold_seconds
+from . import _answers as answers
 from ._deferral import DeferrableRequest, DeferralAborted, RunningOperation, send_reply
 from ._engine import PollingServer
 from ._routes import ALWAYS, MAYBE, NEVER, RouteTable
@@ -157,9 +159,11 @@ class PollingMiddleware:
                 await self._stream(scope, receive, send, operation_id)
                 return
             if kind == "cancel":
-                reply = await server.cancel_reply(scope, operation_id, receive)
+                reply = await answers.cancel_reply(server, scope, operation_id, receive)
             elif kind == "status":
-                reply = await server.status_reply(scope, operation_id, _preferences(scope), receive)
+                reply = await answers.status_reply(
+                    server, scope, operation_id, _preferences(scope), receive
+                )
             else:
                 reply = replies.method_not_allowed()
         except StoreUnavailable as exc:
@@ -176,7 +180,7 @@ class PollingMiddleware:
             reply = replies.with_cors(replies.not_found(), origin, server.cors_origins)
             await send_reply(send, reply)
             return
-        start = replies.stream_start(origin, server.cors_origins)
+        start = stream.stream_start(origin, server.cors_origins)
         headers = [(k.encode(), v.encode()) for k, v in start.headers]
         await send({"type": "http.response.start", "status": start.status, "headers": headers})
         if not server.admission.try_hold():
@@ -274,5 +278,5 @@ class PollingMiddleware:
 
 
 async def _send_event(send: Send, op: Operation, *, retry: float | None = None) -> None:
-    body = replies.stream_event(op, retry=retry)
+    body = stream.stream_event(op, retry=retry)
     await send({"type": "http.response.body", "body": body, "more_body": True})
