@@ -154,12 +154,10 @@ def test_options_validate():
         PollOptions(min_interval=2, max_interval=1)
 
 
-def test_a_poll_never_asks_to_be_held_as_long_as_the_library_waits():
-    from repoll.core._poll import hold_within
+def test_a_held_poll_waits_its_hold_beyond_the_library_timeout():
+    from repoll.core._poll import poll_read_timeout
 
-    assert hold_within(30.0, None) == 30.0
-    assert hold_within(30.0, 5.0) == 4.0  # httpx's default read timeout
-    assert hold_within(30.0, 60.0) == 30.0
-    assert hold_within(None, 5.0) == 4.0  # no hold asked, but the server's default may be long
-    assert hold_within(None, None) is None
-    assert hold_within(2.0, 1.0) == 0.0  # too short to hold at all
+    assert poll_read_timeout(25.0, 5.0) == 30.0  # httpx's default read timeout, a 25 s hold
+    assert poll_read_timeout(25.0, None) is None  # no timeout to extend
+    assert poll_read_timeout(0.0, 5.0) is None  # wait=0: not held, the library's setting
+    assert poll_read_timeout(None, 5.0) is None

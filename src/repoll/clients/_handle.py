@@ -56,7 +56,7 @@ try:
 except ModuleNotFoundError as exc:
     raise MissingExtraError("client", "httpx") from exc
 
-from ._httpx import PASSTHROUGH_EXTENSION, observe, observe_error
+from ._httpx import PASSTHROUGH_EXTENSION, observe, observe_error, with_poll_timeout
 
 T = TypeVar("T")
 _PASSTHROUGH = {PASSTHROUGH_EXTENSION: True}
@@ -150,6 +150,7 @@ class _Handle:
             headers=poll_headers(original.headers, str(original.url), poll),
             extensions={**original.extensions, **_PASSTHROUGH},
         )
+        with_poll_timeout(request.extensions, poll)
         credentials = carries_credentials(str(original.url), str(url))
         auth: Any = httpx.USE_CLIENT_DEFAULT if credentials else None
         return _Send(request, auth, tolerant=tolerant)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from typing import Any
 
 from .. import _testing
 from .._errors import MissingExtraError
@@ -84,7 +85,15 @@ def poll_request(original: httpx.Request, poll: Poll) -> httpx.Request:
     url = original.url.join(poll.url)
     headers = poll_headers(original.headers, str(original.url), poll)
     extensions = {k: v for k, v in original.extensions.items() if k != HOPS_EXTENSION}
+    with_poll_timeout(extensions, poll)
     return httpx.Request("GET", url, headers=headers, extensions=extensions)
+
+
+def with_poll_timeout(extensions: dict[str, Any], poll: Poll) -> None:
+    """Give a held poll the read timeout the core asks for (httpx's ``timeout`` extension)."""
+    timeout = extensions.get("timeout")
+    if poll.read_timeout is not None and isinstance(timeout, dict):
+        extensions["timeout"] = {**timeout, "read": poll.read_timeout}
 
 
 class _Shell:

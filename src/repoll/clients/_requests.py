@@ -97,8 +97,14 @@ class PollingAdapter(HTTPAdapter):
         def send_poll(poll: flow.Poll) -> flow.Observed:
             headers = flow.poll_headers(request.headers, url, poll)
             prepared = requests.Request("GET", poll.url, headers=headers).prepare()
+            timeout = settings["timeout"]
+            if poll.read_timeout is not None:  # a held poll: wait out its hold
+                connect = timeout[0] if isinstance(timeout, tuple) else timeout
+                timeout = (connect, poll.read_timeout)
             try:
-                reply = super(PollingAdapter, self).send(prepared, stream=False, **settings)
+                reply = super(PollingAdapter, self).send(
+                    prepared, stream=False, **{**settings, "timeout": timeout}
+                )
             except (requests.ConnectionError, requests.Timeout) as exc:
                 return flow.Observed(
                     method="GET", status=0, headers={}, url=poll.url, at=time.monotonic(), error=exc

@@ -131,6 +131,9 @@ class Sleep:
 class Poll:
     url: str
     headers: Mapping[str, str] = field(default_factory=dict)
+    # How long the runner waits for this poll's answer; None: the library's
+    # own setting (see poll_read_timeout).
+    read_timeout: float | None = None
 
 
 Action = Sleep | Poll
@@ -355,8 +358,8 @@ def poll_flow(
     ``first.url`` is the original request's URL: the origin polls must stay on.
     ``wall_clock`` gives Unix time, used only to read HTTP-date Retry-After
     values. ``rng`` drives the backoff jitter. ``read_timeout`` is how long the
-    HTTP library waits for an answer (httpx: 5 s by default): no poll asks to
-    be held that long (:func:`hold_within`).
+    HTTP library waits for an answer (httpx: 5 s by default): a poll asked to
+    be held waits that much longer than its hold (:func:`poll_read_timeout`).
     """
     backoff = _Backoff(options, rng or random.Random())  # noqa: S311 - jitter, not crypto
     origin = first.url
@@ -414,7 +417,6 @@ def poll_flow(
             started=started,
             operation_url=operation_url,
         )
-        hold = hold_within(hold, read_timeout)
         if options.max_polls is not None and polls >= options.max_polls:
             raise PollingTimeout(
                 f"gave up after {polls} polls; resume the operation from {operation_url}",
@@ -429,7 +431,13 @@ def poll_flow(
         if delay > 0:
             yield Sleep(delay)
         prefer = h.format_prefer(respond_async=options.respond_async, wait=hold)
-        observed = yield Poll(operation_url, {h.PREFER: prefer} if prefer else {})
+        observed = yield Poll(
+            operation_url,
+            {h.PREFER: prefer} if prefer else {},
+            # Only a server that holds polls is given longer: a stalled
+            # answer from any other still times out as the caller set.
+            poll_read_timeout(hold if server_holds else None, read_timeout),
+        )
         if observed is None:
             msg = "the runner must send the poll's response back into the flow"
             raise ProtocolError(msg)
@@ -439,21 +447,18 @@ def poll_flow(
         response = observed
 
 
-def hold_within(hold: float | None, read_timeout: float | None) -> float | None:
-    """The hold to ask for, so that the answer comes before the library gives up.
+def poll_read_timeout(hold: float | None, read_timeout: float | None) -> float | None:
+    """How long to wait for the answer to a poll asked to be held ``hold`` seconds.
 
-    A poll held as long as the client's read timeout races it: the library
-    raises a timeout the moment the server answers, and every poll of a long
-    job fails (httpx's default read timeout is 5 s; the default ``long_poll``
-    asks for 30). So the hold asked for ends a margin before the timeout: a
-    fifth of it, at least a second. Without a hold asked for (``None``: the
-    server's default, which may be long) but with a timeout, the hold is asked
-    for explicitly.
+    The caller's read timeout says how long it tolerates a silent server. A
+    held poll is silent on purpose for up to its hold, so it gets the hold
+    plus that tolerance: with httpx's default 5 s, a poll held 25 s times out
+    after 30 s, not 5 (which would cut every held poll of a long job). None:
+    no hold asked for, or no timeout to extend; the library's setting stands.
     """
-    if read_timeout is None or read_timeout <= 0:
-        return hold
-    ceiling = max(read_timeout - max(1.0, read_timeout / 5), 0.0)
-    return ceiling if hold is None else min(hold, ceiling)
+    if not hold or read_timeout is None:
+        return None
+    return hold + read_timeout
 
 
 def _one_more_failure(response: Observed, failures: int, options: PollOptions) -> int:
