@@ -64,9 +64,6 @@ class Admission:
         else:
             self._by_key[key] = taken - 1
 
-    def count(self, key: str) -> int:
-        return self._by_key.get(key, 0)
-
     def try_hold(self) -> bool:
         """Take one held-request place; False (nothing taken) at the limit."""
         if self.held >= self.max_held:

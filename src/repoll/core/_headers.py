@@ -165,9 +165,6 @@ class Preferences:
     wait: float | None = None  # seconds; None when absent or malformed
 
 
-NO_PREFERENCES: Final = Preferences()
-
-
 def _elements(field: str) -> list[str]:
     """``field`` split at the commas that are not inside a quoted string; linear."""
     if '"' not in field:

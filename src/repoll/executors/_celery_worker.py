@@ -51,7 +51,7 @@ from ..core import _replies as replies
 from ..core._model import Operation, StoredResponse
 from ..core._status import Event, OperationStatus, finish_event
 from ..stores._store import SharedStore, Store, shared_store_from_url, update_operation
-from ._work import WorkHandle, interrupted_outcome
+from ._work import WorkHandle, outcome_of_raised
 
 try:
     import celery
@@ -329,7 +329,7 @@ async def _record(
     if response is not None:
         event = finish_event(response.status)
     else:
-        event, response, message = interrupted_outcome(
+        event, response, message = outcome_of_raised(
             raised, cancel_requested=operation.cancel_requested
         )
         if event is Event.FINISH_ERROR:

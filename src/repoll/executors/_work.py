@@ -19,7 +19,7 @@ in a tight loop costs a few writes, not one per report, and the newest
 report always lands.
 
 How work ended is decided in the core (``_replies.interrupted_outcome``),
-which knows nothing of asyncio; :func:`interrupted_outcome` here is the
+which knows nothing of asyncio; :func:`outcome_of_raised` here is the
 shell's half, translating what the work raised into the core's
 :class:`~repoll.core._status.Ending`.
 """
@@ -131,7 +131,7 @@ def ending_of(raised: BaseException | None) -> Ending:
     return Ending.RAISED
 
 
-def interrupted_outcome(
+def outcome_of_raised(
     raised: BaseException | None, *, cancel_requested: bool
 ) -> tuple[Event, StoredResponse, str]:
     """How work that produced no response ends: the core's decision, for what it raised."""

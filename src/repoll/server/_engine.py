@@ -56,7 +56,7 @@ from ..core._pacing import (
 from ..core._profiles import ClientProfile, hop_url, profile_for
 from ..core._status import Event, finish_event
 from ..executors._in_process import Executor, InProcessExecutor
-from ..executors._work import interrupted_outcome
+from ..executors._work import outcome_of_raised
 from ..stores._store import Store, shared_store, store_from_url, update_operation
 from ._holds import Holds
 from ._outage_log import OutageLog
@@ -496,7 +496,7 @@ class PollingServer:
                 history.add(op.finished_at - op.started_at)
             return
         # The same decision a Celery worker makes (executors/_work).
-        event, stored, message = interrupted_outcome(
+        event, stored, message = outcome_of_raised(
             interrupted, cancel_requested=running.cancel_requested
         )
         if event is Event.FINISH_ERROR:
