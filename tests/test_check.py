@@ -32,9 +32,14 @@ def check(url: str, *args: str) -> tuple[int, dict[str, dict]]:
 
 
 def test_every_clause_passes_against_the_demo(live):
-    code, clauses = check(f"{live.url}/start_work", "--json", '{"seconds": 2}')
+    # With an API key in a custom header, the operation is that key's: every
+    # poll must carry it too, or the operation URL is another principal's 404.
+    # 6 s of work outlast the 4 s hold before the graceful 202.
+    code, clauses = check(
+        f"{live.url}/start_work", "-H", "X-API-Key: check-key", "--json", '{"seconds": 6}'
+    )
     assert {name: c["result"] for name, c in clauses.items()} == dict.fromkeys(clauses, "pass")
-    assert len(clauses) == 17
+    assert len(clauses) == 18
     assert code == 0
 
 
@@ -81,6 +86,7 @@ def test_a_seed_style_server_fails_the_right_clauses():
         assert results[passing] == "pass", (passing, clauses[passing])
     assert results["final-replay"] == "fail"  # no Operation-Status, no Content-Location
     assert results["hop-urls"] == "fail"  # every poll redirected to the same URL
+    assert results["graceful-202"] == "fail"  # a 303 at the client's last redirect
 
 
 def test_a_malformed_retry_after_is_a_failed_clause_not_a_crash():

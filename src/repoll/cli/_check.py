@@ -1,9 +1,11 @@
 """``repoll check``: run the protocol's clauses against any server and report each.
 
 Each clause names its level (MUST or SHOULD, as docs/protocol.md words it)
-and what was seen. The start request is sent three times (plain, with
-``Prefer: respond-async``, and once more to cancel), so the endpoint should
-start work that lasts a few seconds.
+and what was seen. The start request is sent four times (plain, with
+``Prefer: respond-async``, once to run a client out of redirects, and once
+more to cancel), so the endpoint should start work that lasts a few seconds
+(at least 5 for the graceful ``202``). Every request carries the headers
+given to the check (``-H``), polls included, as a client's would.
 
 The checker reads the server's fields with the same parsers the client and
 server use (``core._headers``) and names states with ``OperationStatus``, so
@@ -116,6 +118,11 @@ CLAUSES: list[tuple[str, str, str]] = [
     ("final-stable", "MUST", "the outcome is the same on every later GET"),
     ("unknown-404", "MUST", "an unknown id gets 404 problem+json without Operation-Status"),
     ("malformed-404", "SHOULD", "a malformed id gets 404"),
+    (
+        "graceful-202",
+        "SHOULD",
+        "a poll at a client's last redirect gets 202 and the operation URL, not a 303",
+    ),
     ("cancel", "SHOULD", "DELETE cancels: 200/202, then a canceled outcome"),
     ("method-405", "SHOULD", "other methods on an operation URL get 405 with Allow"),
 ]
@@ -142,6 +149,9 @@ def run_check(check: Check, client: httpx.Client) -> list[Clause]:
             _describe(response),
         )
         _cancel_clause(check, client, async_operation[0])
+    ran_out = _start(check, client, {"prefer": "respond-async"}, record=False)
+    if ran_out is not None:
+        _graceful_clause(check, client, ran_out[0])
     return list(check.clauses.values())
 
 
@@ -265,6 +275,35 @@ def _error_clauses(check: Check, client: httpx.Client, operation: str) -> None:
     )
 
 
+# A client whose profile (protocol.md 5.7) allows 20 redirects with a 5 s read
+# timeout, arriving at hop 19 (5.6): it can follow no more, so a poll still
+# pending is answered 202 after a hold of at most 4 s (5.8).
+_RAN_OUT_AGENT = "python-httpx/check"
+_RAN_OUT_HOP = 19
+
+
+def _graceful_clause(check: Check, client: httpx.Client, operation: str) -> None:
+    canonical = operation.partition("?")[0]
+    response = client.get(f"{canonical}?hop={_RAN_OUT_HOP}", headers={"user-agent": _RAN_OUT_AGENT})
+    client.delete(canonical)  # the work is not needed any more; its answer is not judged
+    seen = _describe(response)
+    if _terminal(response):
+        clause = check.clause("graceful-202", "SHOULD", "")
+        clause.saw = f"the work ended within the hold ({seen}): start work of 5 s or more"
+        return
+    names_operation = all(
+        urljoin(canonical, response.headers.get(field, "")) == canonical
+        for field in ("location", "content-location")
+    )
+    ok = (
+        response.status_code == 202
+        and names_operation
+        and _pending(response)
+        and h.parse_delay_seconds(response.headers.get(h.RETRY_AFTER)) is not None
+    )
+    check.verdict("graceful-202", "SHOULD", "", ok, seen)
+
+
 def _cancel_clause(check: Check, client: httpx.Client, operation: str) -> None:
     deleted = client.delete(operation)
     if deleted.status_code not in (200, 202):
@@ -301,7 +340,7 @@ def main(
     timeout: float,
     as_json: bool,
 ) -> int:
-    with httpx.Client(timeout=max(timeout, 40.0)) as client:
+    with httpx.Client(timeout=max(timeout, 40.0), headers=headers) as client:
         clauses = run_check(Check(url, method, body, headers, timeout), client)
     if as_json:
         print(json.dumps([c.__dict__ for c in clauses], indent=2))
