@@ -139,8 +139,15 @@ def test_azure_post_gets_the_result_at_location(azure_url):
     assert response.json() == {"action": "done"}
 
 
-def test_azure_failure_returns_the_monitors_answer(azure_url):
-    with polling_client() as client:
+def test_azure_failure_raises_with_the_monitors_answer(azure_url):
+    with polling_client() as client, pytest.raises(repoll.OperationFailed) as failed:
+        client.post(f"{azure_url}/failing")
+    assert failed.value.response.json()["status"] == "Failed"
+    assert failed.value.operation_url.endswith("/monitors/bad")
+
+
+def test_azure_failure_is_returned_when_asked(azure_url):
+    with polling_client(return_failed=True) as client:
         response = client.post(f"{azure_url}/failing")
     assert response.json()["status"] == "Failed"
 

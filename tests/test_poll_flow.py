@@ -161,3 +161,29 @@ def test_a_held_poll_waits_its_hold_beyond_the_library_timeout():
     assert poll_read_timeout(25.0, None) is None  # no timeout to extend
     assert poll_read_timeout(0.0, 5.0) is None  # wait=0: not held, the library's setting
     assert poll_read_timeout(None, 5.0) is None
+
+
+def test_retry_after_zero_for_ever_backs_off_even_with_min_interval_zero():
+    # docs/client.md: never a tight loop. "Come back now" for ever, with
+    # min_interval=0, once gave 1,000 polls a second.
+    first = observed(202, 0, location="/op", retry_after="0")
+    responses = [observed(202, 0, location="/op", retry_after="0") for _ in range(12)]
+    responses.append(observed(200, 0))
+    actions, final = run(first, responses, PollOptions(min_interval=0, long_poll=None))
+    assert final.status == 200
+    sleeps = [a.seconds for a in actions if isinstance(a, Sleep)]
+    assert len(sleeps) == 13
+    assert all(s > 0 for s in sleeps)
+    assert sum(sleeps) > 5  # backoff grows toward backoff_max
+
+
+def test_an_operation_that_never_ends_is_logged(caplog):
+    first = observed(202, 0, location="/op", retry_after="10")
+    responses = [observed(202, 0, location="/op", retry_after="10") for _ in range(30)]
+    responses.append(observed(200, 0))
+    with caplog.at_level("INFO", logger="repoll"):
+        run(first, responses, PollOptions(long_poll=None))
+    notes = [r.getMessage() for r in caplog.records if "still polling" in r.getMessage()]
+    # 300 s of polling: noted at 1, 2 and 4 minutes, not at every poll.
+    assert len(notes) == 3, notes
+    assert notes[0].startswith("still polling http://api.test/op after 60 s")

@@ -18,7 +18,8 @@ for people who write a store; ``internal``: never reaches application code)::
     │   │                                      (also: transient poll failures past max_retries)
     │   ├── OperationNotFound                  404: unknown, foreign or malformed id
     │   ├── OperationExpired                   410: retention ended
-    │   ├── OperationFailed                    the final outcome is ``failed``
+    │   ├── OperationFailed                    the final outcome is ``failed`` (a status
+    │   │                                      monitor's Failed; .response has its answer)
     │   └── OperationCanceled                  the final outcome is ``canceled``
     └── PollingTimeout (also TimeoutError)     the overall deadline passed
 """
@@ -88,10 +89,18 @@ class DuplicateOperation(StoreError):
 
 
 class OperationError(RepollError):
-    """An operation did not end with a response the caller can use."""
+    """An operation did not end with a response the caller can use.
 
-    def __init__(self, message: str, *, operation_url: str | None = None) -> None:
+    ``operation_url`` resumes or inspects it; ``response``, when set, is the
+    HTTP library's response that ended it (a status monitor saying
+    ``Failed``, say), as the library gave it.
+    """
+
+    def __init__(
+        self, message: str, *, operation_url: str | None = None, response: object = None
+    ) -> None:
         self.operation_url = operation_url
+        self.response = response
         super().__init__(message)
 
 

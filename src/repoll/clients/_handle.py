@@ -37,6 +37,7 @@ from .._errors import (
     OperationNotFound,
 )
 from ..core import _headers as h
+from ..core import _monitors as monitors
 from ..core._poll import (
     Observed,
     Poll,
@@ -45,6 +46,9 @@ from ..core._poll import (
     carries_credentials,
     hop_of,
     is_polling_response,
+    monitor_of,
+    needs_polling,
+    operation_url_of,
     poll_flow,
     poll_headers,
 )
@@ -92,6 +96,11 @@ class _Handle:
         self._last: Observed | None = None
         self._origin = self.url
         self._headers: Any = None  # the headers= of the request that started it
+        # The response that started the operation, when this handle saw it (or,
+        # resumed on a status monitor, one standing for it): the flow starts
+        # from it, so a handle decides as the transports do.
+        self._first: Observed | None = None
+        self._monitor = False  # another convention's status monitor (core._monitors)
 
     def __repr__(self) -> str:
         status = self.status.value if self.status else "unknown"
@@ -110,6 +119,13 @@ class _Handle:
             self.progress = hop.progress
         if hop.message is not None:
             self.message = hop.message
+        if self._monitor:
+            # A monitor's answer only says where the operation is; the flow
+            # (wait) fetches the result and says when it is done.
+            if observed.status < 300 and monitors.looks_like_monitor(observed):
+                state = monitors.state_of(monitors.json_object(observed.body)["status"])  # type: ignore[index]
+                self.status = OperationStatus(monitors.handle_state(state))
+            return
         if is_polling_response(observed):
             self.url = str(httpx.URL(observed.url).join(observed.headers["location"]))
             self.done = False
@@ -118,11 +134,30 @@ class _Handle:
             if self.status is OperationStatus.SUCCEEDED:
                 self.progress = 1.0
 
+    def _ended(self, response: httpx.Response, status: OperationStatus) -> None:
+        self.response = response
+        self.status = status
+        self.done = True
+        if status is OperationStatus.SUCCEEDED:
+            self.progress = 1.0
+
+    def _follow(self, first: Observed) -> None:
+        """The operation ``first`` started: where it lives and which convention it keeps."""
+        self._first = first
+        self._monitor = monitor_of(first) is not None
+        self.url = operation_url_of(first)
+        self.done = False
+        if self._monitor:
+            self.status = OperationStatus.RUNNING
+
     def _outcome(self) -> httpx.Response:
         """The final response, or the exception that its outcome calls for."""
         response = self.response
         assert response is not None
         url = self.url
+        failed = self.status in (OperationStatus.FAILED, OperationStatus.CANCELED)
+        if failed and self.options.return_failed:
+            return response
         if self.status is OperationStatus.CANCELED:
             msg = f"the operation {url} was canceled"
             raise OperationCanceled(msg, operation_url=url)
@@ -166,10 +201,16 @@ class _Handle:
         built.extensions.update(_PASSTHROUGH)
         response = yield _Send(built)
         assert isinstance(response, httpx.Response)
-        self._absorb(response, observe(response, built, response.content))
-        if self.done:
-            location = response.headers.get("content-location", self.url)
-            self.url = str(built.url.join(location))
+        observed = observe(response, built, response.content)
+        self._origin = str(built.url)
+        if needs_polling(observed):
+            self.response, self._last = response, observed
+            self._absorb(response, observed)
+            self._follow(observed)
+            return
+        self._absorb(response, observed)
+        location = response.headers.get("content-location", self.url)
+        self.url = str(built.url.join(location))
 
     def _poll_flow(self) -> Steps[OperationStatus | None]:
         if self.done:
@@ -183,36 +224,73 @@ class _Handle:
     def _wait_flow(self, timeout: float | None) -> Steps[httpx.Response]:
         if self._last is None:
             yield from self._poll_flow()
+            self._resumed_on_monitor()
         if not self.done:
             assert self._last is not None
-            options = self.options
+            options = dataclasses.replace(self.options, return_failed=False)
             if timeout is not None:
                 options = dataclasses.replace(options, deadline=timeout)
-            # The deadline counts from now, not from when the last response came.
-            first = dataclasses.replace(self._last, at=time.monotonic())
+            # Another convention's flow starts from the response that started
+            # the operation (it decides where the result is); repoll's from the
+            # last answer. The deadline counts from now either way.
+            start = self._first if self._monitor and self._first is not None else self._last
+            first = dataclasses.replace(start, at=time.monotonic())
             flow = poll_flow(
                 first, options, wall_clock=time.time, read_timeout=self._client.timeout.read
             )
             try:
-                action = next(flow)
-                while True:
-                    if isinstance(action, Sleep):
-                        yield action
-                        action = flow.send(None)
-                        continue
-                    step = self._send_step("GET", action, tolerant=True)
-                    reply = yield step
-                    if isinstance(reply, httpx.TransportError):
-                        action = flow.send(observe_error(reply, step.request))
-                        continue
-                    assert isinstance(reply, httpx.Response)
-                    observed = observe(reply, step.request, reply.content)
-                    self._absorb(reply, observed)
-                    action = flow.send(observed)
-            except StopIteration:
-                pass
+                yield from self._drive_flow(flow)
+            except (OperationFailed, OperationCanceled) as ended:
+                # The handle's way: wait() ends, result() raises (_outcome).
+                failed = isinstance(ended, OperationFailed)
+                status = OperationStatus.FAILED if failed else OperationStatus.CANCELED
+                if isinstance(ended.response, httpx.Response):
+                    self._ended(ended.response, status)
+                else:  # pragma: no cover - the flow always carries the response
+                    raise
         assert self.response is not None
         return self.response
+
+    def _resumed_on_monitor(self) -> None:
+        """A handle resumed on a URL whose answer is a status monitor's: follow it as one."""
+        last = self._last
+        if self._first is None and last is not None and monitors.looks_like_monitor(last):
+            # The response that named this monitor is gone: one that names it
+            # stands in (its result is the monitor's resourceLocation, if any).
+            standing = Observed(
+                status=202,
+                headers={"operation-location": last.url},
+                url=last.url,
+                at=last.at,
+                method="GET",
+            )
+            self._follow(standing)
+            self._absorb(self.response, last)  # type: ignore[arg-type]
+
+    def _drive_flow(self, flow: Any) -> Steps[None]:
+        """Carry out the core's flow with this handle's requests, absorbing every answer."""
+        try:
+            action = next(flow)
+            while True:
+                if isinstance(action, Sleep):
+                    yield action
+                    action = flow.send(None)
+                    continue
+                step = self._send_step("GET", action, tolerant=True)
+                reply = yield step
+                if isinstance(reply, httpx.TransportError):
+                    action = flow.send(observe_error(reply, step.request))
+                    continue
+                assert isinstance(reply, httpx.Response)
+                observed = observe(reply, step.request, reply.content)
+                self._absorb(reply, observed)
+                action = flow.send(observed)
+        except StopIteration as stop:
+            final: Observed = stop.value
+            if isinstance(final.raw, httpx.Response) and self._monitor:
+                self._ended(final.raw, OperationStatus.SUCCEEDED)
+            elif isinstance(final.raw, httpx.Response):
+                self._absorb(final.raw, final)
 
     def _cancel_flow(self) -> Steps[OperationStatus | None]:
         step = self._status_step("DELETE")

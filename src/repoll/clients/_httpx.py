@@ -22,6 +22,7 @@ from ..core._poll import (
     Poll,
     PollOptions,
     first_request_headers,
+    may_need_body,
     needs_polling,
     poll_flow,
     poll_headers,
@@ -48,6 +49,7 @@ def observe(response: httpx.Response, request: httpx.Request, body: bytes = b"")
         url=str(request.url),
         at=time.monotonic(),
         body=body,
+        raw=response,
     )
 
 
@@ -62,7 +64,13 @@ def observe_error(error: httpx.TransportError, request: httpx.Request) -> Observ
     )
 
 
-def needs_following(response: httpx.Response, request: httpx.Request) -> bool:
+def wants_body(response: httpx.Response, request: httpx.Request) -> bool:
+    """Whether to read the body before asking :func:`needs_following` (core: may_need_body)."""
+    content_type = response.headers.get("content-type", "")
+    return may_need_body(request.method, response.status_code, content_type)
+
+
+def needs_following(response: httpx.Response, request: httpx.Request, body: bytes = b"") -> bool:
     """The core's :func:`needs_polling`, asked of a response still unread (and streamable).
 
     ``httpx.Headers`` looks names up case-insensitively, so it stands in for
@@ -76,14 +84,43 @@ def needs_following(response: httpx.Response, request: httpx.Request) -> bool:
             headers=response.headers,
             url=str(request.url),
             at=0.0,
+            body=body,
         )
     )
 
 
-def poll_request(original: httpx.Request, poll: Poll) -> httpx.Request:
+class PollCookies:
+    """The cookies a server sets while it is polled (session affinity), for the next polls.
+
+    The transports sit below httpx's client, whose cookie jar never sees the
+    polls; this jar does, and judges domain, path and expiry as the client's
+    would. (Handles send through the client, whose own jar serves them.)
+    """
+
+    def __init__(self) -> None:
+        self._jar = httpx.Cookies()
+
+    def keep(self, response: httpx.Response, request: httpx.Request) -> None:
+        if "set-cookie" in response.headers:
+            response.request = request
+            self._jar.extract_cookies(response)
+
+    def field_for(self, url: httpx.URL) -> str | None:
+        if not self._jar:
+            return None
+        probe = httpx.Request("GET", url)
+        self._jar.set_cookie_header(probe)
+        field: str | None = probe.headers.get("cookie")
+        return field
+
+
+def poll_request(
+    original: httpx.Request, poll: Poll, cookies: PollCookies | None = None
+) -> httpx.Request:
     """The GET for ``poll``, with the header fields the core gives it."""
     url = original.url.join(poll.url)
-    headers = poll_headers(original.headers, str(original.url), poll)
+    kept = cookies.field_for(url) if cookies is not None else None
+    headers = poll_headers(original.headers, str(original.url), poll, kept)
     extensions = {k: v for k, v in original.extensions.items() if k != HOPS_EXTENSION}
     with_poll_timeout(extensions, poll)
     return httpx.Request("GET", url, headers=headers, extensions=extensions)
@@ -182,15 +219,18 @@ class PollingTransport(httpx.BaseTransport):
         if not self._shell.prepare(request):
             return self._inner.handle_request(request)
         response = self._inner.handle_request(request)
-        if not needs_following(response, request):
-            return response  # untouched, still streamable
+        body = response.read() if wants_body(response, request) else b""
+        if not needs_following(response, request, body):
+            return response  # untouched, still streamable unless its body decided
         first = observe(response, request, response.read())
         response.close()
         history = [response]
         hops: list[Hop] = []
+        cookies = PollCookies()
+        cookies.keep(response, request)
 
         def send(poll: Poll) -> Observed:
-            poll_req = poll_request(request, poll)
+            poll_req = poll_request(request, poll, cookies)
             try:
                 reply = self._inner.handle_request(poll_req)
                 body = reply.read()
@@ -198,6 +238,7 @@ class PollingTransport(httpx.BaseTransport):
                 return observe_error(exc, poll_req)
             reply.close()
             reply.request = poll_req
+            cookies.keep(reply, poll_req)
             history.append(reply)
             return observe(reply, poll_req, body)
 
@@ -230,15 +271,18 @@ class AsyncPollingTransport(httpx.AsyncBaseTransport):
         if not self._shell.prepare(request):
             return await self._inner.handle_async_request(request)
         response = await self._inner.handle_async_request(request)
-        if not needs_following(response, request):
-            return response  # untouched, still streamable
+        body = await response.aread() if wants_body(response, request) else b""
+        if not needs_following(response, request, body):
+            return response  # untouched, still streamable unless its body decided
         first = observe(response, request, await response.aread())
         await response.aclose()
         history = [response]
         hops: list[Hop] = []
+        cookies = PollCookies()
+        cookies.keep(response, request)
 
         async def send(poll: Poll) -> Observed:
-            poll_req = poll_request(request, poll)
+            poll_req = poll_request(request, poll, cookies)
             try:
                 reply = await self._inner.handle_async_request(poll_req)
                 body = await reply.aread()
@@ -246,6 +290,7 @@ class AsyncPollingTransport(httpx.AsyncBaseTransport):
                 return observe_error(exc, poll_req)
             await reply.aclose()
             reply.request = poll_req
+            cookies.keep(reply, poll_req)
             history.append(reply)
             return observe(reply, poll_req, body)
 

@@ -21,6 +21,7 @@ from ._runners import Sleeper, drive
 
 try:
     import requests
+    import requests.cookies
     from requests.adapters import HTTPAdapter
 except ModuleNotFoundError as exc:
     raise MissingExtraError("requests", "requests") from exc
@@ -36,6 +37,7 @@ def _observe(
         url=url,
         at=time.monotonic(),
         body=body,
+        raw=response,
     )
 
 
@@ -82,9 +84,17 @@ class PollingAdapter(HTTPAdapter):
         }
         response = super().send(request, stream=stream, **settings)
         method, url = request.method or "GET", request.url or ""
-        if not flow.needs_polling(_observe(response, method, url)):
+        content_type = response.headers.get("content-type", "")
+        body = (
+            response.content
+            if flow.may_need_body(method, response.status_code, content_type)
+            else b""
+        )
+        if not flow.needs_polling(_observe(response, method, url, body)):
             return response
         first = _observe(response, method, url, response.content)
+        jar = requests.cookies.RequestsCookieJar()  # what the server sets while polled
+        jar.update(response.cookies)
         history = [response]
         hops: list[flow.Hop] = []
         user_callback = self.options.on_progress
@@ -95,7 +105,9 @@ class PollingAdapter(HTTPAdapter):
                 user_callback(hop)
 
         def send_poll(poll: flow.Poll) -> flow.Observed:
-            headers = flow.poll_headers(request.headers, url, poll)
+            bare = requests.Request("GET", poll.url).prepare()
+            cookies: str | None = requests.cookies.get_cookie_header(jar, bare)  # type: ignore[no-untyped-call]
+            headers = flow.poll_headers(request.headers, url, poll, cookies)
             prepared = requests.Request("GET", poll.url, headers=headers).prepare()
             timeout = settings["timeout"]
             if poll.read_timeout is not None:  # a held poll: wait out its hold
@@ -110,6 +122,7 @@ class PollingAdapter(HTTPAdapter):
                     method="GET", status=0, headers={}, url=poll.url, at=time.monotonic(), error=exc
                 )
             history.append(reply)
+            jar.update(reply.cookies)
             return _observe(reply, "GET", poll.url, reply.content)
 
         options = dataclasses.replace(self.options, on_progress=record)

@@ -46,19 +46,50 @@ original's origin, then the flow's own ``Prefer``).
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
-from typing import Final
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
-from .._errors import CrossOriginError, OperationError, PollingTimeout, ProtocolError
+from .._errors import (
+    CrossOriginError,
+    OperationCanceled,
+    OperationError,
+    OperationFailed,
+    PollingTimeout,
+    ProtocolError,
+)
 from . import _headers as h
+from . import _monitors as monitors
+from . import _poll_headers
+from ._monitors import FINAL_STATES, FinalStateVia, MonitorState
+from ._poll_headers import NOT_CARRIED, carries_credentials, poll_headers, same_origin
+from ._poll_timing import Backoff, Patience, server_interval, timing
 from ._status import OperationStatus
 
+__all__ = [
+    "NOT_CARRIED",
+    "Action",
+    "Hop",
+    "Observed",
+    "Poll",
+    "PollOptions",
+    "Sleep",
+    "carries_credentials",
+    "first_request_headers",
+    "hop_of",
+    "is_polling_response",
+    "may_need_body",
+    "monitor_of",
+    "needs_polling",
+    "operation_url_of",
+    "poll_flow",
+    "poll_headers",
+    "poll_read_timeout",
+    "same_origin",
+]
+
 _TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +124,18 @@ class PollOptions:
     backoff_factor: float = 1.5
     backoff_max: float = 10.0
     on_progress: Callable[[Hop], None] | None = None  # called with every response
+    # Where a succeeded status monitor's result lives (azure-core's
+    # final-state-via): "auto", "location", "operation-location",
+    # "azure-async-operation" or "original-uri" (see core._monitors).
+    final_state_via: FinalStateVia = "auto"
+    # A status monitor or provisioning state that ends Failed/Canceled raises
+    # OperationFailed/OperationCanceled (with .response); True returns it.
+    return_failed: bool = False
 
     def __post_init__(self) -> None:
+        if self.final_state_via not in FINAL_STATES:
+            msg = f"final_state_via must be one of {', '.join(FINAL_STATES)}"
+            raise ValueError(msg)
         if not 0 <= self.min_interval <= self.max_interval:
             msg = "need 0 <= min_interval <= max_interval"
             raise ValueError(msg)
@@ -120,6 +161,9 @@ class Observed:
     body: bytes = b""
     method: str = "GET"
     error: Exception | None = None
+    # The HTTP library's own response, carried untouched so that an exception
+    # raised about it can hand it to the caller (OperationError.response).
+    raw: object = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,45 +198,32 @@ def is_polling_response(response: Observed) -> bool:
     return response.status == 202 or h.RETRY_AFTER in headers or h.RETRY_AFTER_MS in headers
 
 
-_AZURE_MONITORS = ("azure-asyncoperation", "operation-location")
-_AZURE_PENDING = frozenset(
-    {"notstarted", "running", "inprogress", "accepted", "creating", "updating"}
-)
-
-
-def azure_monitor(response: Observed) -> str | None:
-    """The status monitor URL of an Azure-style long-running operation, if any."""
-    if response.status not in (200, 201, 202):
-        return None
-    for name in _AZURE_MONITORS:
-        if name in response.headers:
-            return urljoin(response.url, response.headers[name])
-    return None
-
-
-# Every status a first response needing polling can have (see the two tests
-# below): clients ask this before anything else, so most responses cost one
-# set lookup.
+# Every status a first response needing polling can have (see needs_polling):
+# clients ask this before anything else, so most responses cost one set lookup.
 _STARTING_STATUSES = frozenset({200, 201, 202, 303})
 
 
 def needs_polling(response: Observed) -> bool:
-    """The first response starts something to follow: repoll, plain 202, or Azure-style.
+    """The first response starts something to follow: repoll, plain 202, or another convention.
 
     This is the only test the clients make before following a response: they
     pass every response here, untouched, and follow it when this says so.
+    A PUT/PATCH answered in JSON is judged by its body too
+    (:func:`~repoll.core._monitors.may_need_body` says when to read it first).
     """
     if response.status not in _STARTING_STATUSES:
         return False
-    return is_polling_response(response) or azure_monitor(response) is not None
+    if is_polling_response(response):
+        return True
+    if monitors.monitor_url(response) is not None:
+        # One that already says it succeeded is the answer; one that already
+        # failed goes through the flow, which raises.
+        return monitors.already_ended(response) is not MonitorState.SUCCEEDED
+    return monitors.provisioning_pending(response)
 
 
-def _json_body(response: Observed) -> dict[str, object]:
-    try:
-        document = json.loads(response.body) if response.body else None
-    except (ValueError, UnicodeDecodeError):
-        return {}
-    return document if isinstance(document, dict) else {}
+may_need_body = monitors.may_need_body
+merge_cookies = _poll_headers.merge_cookies
 
 
 def _is_terminal(value: str) -> bool:
@@ -210,98 +241,6 @@ def is_transient_failure(response: Observed) -> bool:
         return False
     status = response.headers.get(h.OPERATION_STATUS)
     return status is None or not _is_terminal(status)
-
-
-def server_interval(response: Observed, *, wall_now: float) -> float | None:
-    """The interval the server asked for: Retry-After-Ms first, then Retry-After."""
-    precise = h.parse_retry_after_ms(response.headers.get(h.RETRY_AFTER_MS))
-    if precise is not None:
-        return precise
-    return h.parse_retry_after(response.headers.get(h.RETRY_AFTER), now=wall_now)
-
-
-def same_origin(a: str, b: str) -> bool:
-    """True if two absolute URLs share scheme, host and port."""
-    return _origin(a) == _origin(b)
-
-
-def _origin(url: str) -> tuple[str, str | None, int | None]:
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:  # a malformed port never matches a real origin
-        return (parts.scheme, parts.hostname, -1)
-    if port is None:
-        port = _DEFAULT_PORTS.get(parts.scheme.lower())
-    return (parts.scheme.lower(), parts.hostname, port)
-
-
-# The poll continues the caller's request: it goes out with the caller's
-# fields (its API key, its User-Agent, its trace context, a tenant header...),
-# except those that belong to the original request alone: what describes its
-# body, its conditions (If-Match would make a GET of the status fail), its
-# Prefer and Idempotency-Key (the flow writes its own Prefer), and the fields
-# of the connection, which the HTTP library writes for each request.
-NOT_CARRIED: Final = frozenset(
-    {
-        "content-type",
-        "content-length",
-        "content-encoding",
-        "content-language",
-        "content-location",
-        "content-md5",
-        "content-range",
-        "transfer-encoding",
-        "expect",
-        "if-match",
-        "if-none-match",
-        "if-modified-since",
-        "if-unmodified-since",
-        "if-range",
-        "range",
-        "idempotency-key",
-        "prefer",
-        "host",
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "upgrade",
-    }
-)
-
-
-def carries_credentials(original_url: str, poll_url: str) -> bool:
-    """True if a poll of ``poll_url`` may carry the credentials sent to ``original_url``.
-
-    Only to the origin that received them: a server must not be able to name
-    another host in Location and collect the caller's credentials there.
-    """
-    return same_origin(urljoin(original_url, poll_url), original_url)
-
-
-def poll_headers(original: Mapping[str, str], original_url: str, poll: Poll) -> dict[str, str]:
-    """The header fields of ``poll``, from the original request's fields; lower-case names.
-
-    The one rule every client follows (each only translates the result into
-    its library's request): the original's fields but those in
-    :data:`NOT_CARRIED` (``Accept`` is ``*/*`` without one), minus its
-    credentials (:data:`~repoll.core._headers.CREDENTIAL_FIELDS`) when the
-    poll goes to another origin, plus the flow's own fields (``Prefer``).
-    ``original`` may be any mapping (httpx's or requests' case-insensitive
-    ones included); duplicate fields arrive joined, as those mappings give
-    them.
-    """
-    credentials = carries_credentials(original_url, poll.url)
-    headers = {"accept": "*/*"}
-    for name, value in original.items():
-        lower = name.lower()
-        if lower in NOT_CARRIED or (not credentials and lower in h.CREDENTIAL_FIELDS):
-            continue
-        headers[lower] = value
-    headers.update((name.lower(), value) for name, value in poll.headers.items())
-    return headers
 
 
 def hop_of(response: Observed, *, wall_now: float, next_poll_in: float | None = None) -> Hop:
@@ -328,23 +267,6 @@ def first_request_headers(options: PollOptions) -> dict[str, str]:
     return {h.PREFER: value} if value else {}
 
 
-class _Backoff:
-    """Exponential backoff with full jitter, reset whenever the server names an interval."""
-
-    def __init__(self, options: PollOptions, rng: random.Random) -> None:
-        self._options = options
-        self._rng = rng
-        self._cap = options.backoff_initial
-
-    def next(self) -> float:
-        delay = self._rng.uniform(0, self._cap)
-        self._cap = min(self._cap * self._options.backoff_factor, self._options.backoff_max)
-        return delay
-
-    def reset(self) -> None:
-        self._cap = self._options.backoff_initial
-
-
 def poll_flow(
     first: Observed,
     options: PollOptions,
@@ -361,10 +283,9 @@ def poll_flow(
     HTTP library waits for an answer (httpx: 5 s by default): a poll asked to
     be held waits that much longer than its hold (:func:`poll_read_timeout`).
     """
-    backoff = _Backoff(options, rng or random.Random())  # noqa: S311 - jitter, not crypto
+    backoff = Backoff(options, rng or random.Random())  # noqa: S311 - jitter, not crypto
     origin = first.url
     started = first.at
-    pending = first  # the last polling response: where to go and when
     response = first  # the last thing observed
     polls = 0
     failures = 0
@@ -374,12 +295,20 @@ def poll_flow(
     # Retry-After honoured instead.
     server_holds = h.OPERATION_STATUS in first.headers
 
-    monitor = azure_monitor(first)
-    if monitor is not None and h.OPERATION_STATUS not in first.headers:
-        return (yield from _azure_flow(first, monitor, options, backoff, wall_clock))
+    monitor = monitor_of(first)
+    if monitor is not None:
+        provisioning = monitors.monitor_url(first) is None
+        return (
+            yield from _monitor_flow(
+                first, monitor, options, backoff, wall_clock, provisioning=provisioning
+            )
+        )
+    patience = Patience()
+    operation_url = first.url
 
     while True:
         transient = response is not first and is_transient_failure(response)
+        here = not transient and response is not first and _pending_here(response)
         if (
             not transient
             and response is not first
@@ -391,16 +320,17 @@ def poll_flow(
             # there"): fetch it once; that is the answer.
             target = urljoin(response.url, response.headers["location"])
             return (yield from _fetch_result(target, response, origin, options, wall_clock))
-        if not transient and not is_polling_response(response):
+        if not transient and not here and not is_polling_response(response):
             _report(options, response, wall_clock, None)
             return response
         if transient:
             failures = _one_more_failure(response, failures, options)
         else:
             failures = 0
-            pending = response
-
-        operation_url = urljoin(pending.url, pending.headers["location"])
+            operation_url = (
+                response.url if here else urljoin(response.url, response.headers["location"])
+            )
+        patience.note(operation_url, response.at - started, polls)
         if not same_origin(operation_url, origin) and not options.allow_cross_origin:
             msg = (
                 f"the server sent the operation to another origin ({operation_url}, from "
@@ -409,7 +339,7 @@ def poll_flow(
             )
             raise CrossOriginError(msg)
 
-        delay, hold = _timing(
+        delay, hold = timing(
             response,
             options,
             backoff=backoff,
@@ -445,6 +375,35 @@ def poll_flow(
         took = observed.at - response.at - delay
         server_holds = bool(hold) and took >= min(0.5 * (hold or 0.0), 1.0)
         response = observed
+
+
+def operation_url_of(first: Observed) -> str:
+    """Where the operation ``first`` started lives: what a handle polls and resumes from."""
+    monitor = monitor_of(first)
+    if monitor is not None:
+        return monitor
+    if "location" in first.headers:
+        return urljoin(first.url, first.headers["location"])
+    return first.url
+
+
+def monitor_of(first: Observed) -> str | None:
+    """What to poll when ``first`` follows another convention (core._monitors); else None."""
+    if h.OPERATION_STATUS in first.headers:
+        return None
+    monitor = monitors.monitor_url(first)
+    if monitor is None and not is_polling_response(first) and monitors.provisioning_pending(first):
+        return first.url
+    return monitor
+
+
+def _pending_here(response: Observed) -> bool:
+    """RFC 9110's 202 means "not finished": one without Location is polled where it came from."""
+    return (
+        response.status == 202
+        and "location" not in response.headers
+        and h.OPERATION_STATUS not in response.headers
+    )
 
 
 def poll_read_timeout(hold: float | None, read_timeout: float | None) -> float | None:
@@ -492,47 +451,50 @@ def _fetch_result(
     return final
 
 
-def _azure_flow(
+def _monitor_flow(
     first: Observed,
     monitor: str,
     options: PollOptions,
-    backoff: _Backoff,
+    backoff: Backoff,
     wall_clock: Callable[[], float],
+    *,
+    provisioning: bool,
 ) -> Generator[Action, Observed | None, Observed]:
-    """Azure-style: poll the status monitor until its ``status`` ends, then fetch the result.
+    """A status monitor, or a resource being provisioned, polled until it ends (core._monitors).
 
-    The result is ``resourceLocation`` from the monitor when given, else the
-    original URL for PUT/PATCH, else the first response's ``Location``, else
-    the monitor's own answer. ``Failed``/``Canceled`` answer with the monitor.
+    ``monitor`` is the status monitor's URL, or (``provisioning``) the
+    original URL itself, for a PUT/PATCH whose resource reports
+    ``properties.provisioningState``.
     """
     origin, started = first.url, first.at
+    if not same_origin(monitor, origin) and not options.allow_cross_origin:
+        msg = f"the status monitor is on another origin ({monitor}); set allow_cross_origin=True"
+        raise CrossOriginError(msg)
+    ended = monitors.already_ended(first)
+    if ended is not None:
+        return (yield from _monitor_end(first, first, ended, options, wall_clock, final=True))
     response, polls, failures = first, 0, 0
+    patience = Patience()
     while True:
         transient = response is not first and is_transient_failure(response)
-        document = {} if transient else _json_body(response)
-        status = str(document.get("status", "")).lower()
-        if not transient and response is not first and status not in _AZURE_PENDING:
-            if status != "succeeded":
-                _report(options, response, wall_clock, None)
-                return response  # failed, canceled, or a monitor that says nothing more
-            target = document.get("resourceLocation")
-            if not isinstance(target, str):
-                if first.method in ("PUT", "PATCH"):
-                    target = first.url
-                else:
-                    target = first.headers.get("location")
-            if not isinstance(target, str):
-                _report(options, response, wall_clock, None)
-                return response
-            target = urljoin(response.url, target)
-            return (yield from _fetch_result(target, response, origin, options, wall_clock))
+        if response is not first and not transient:
+            if response.status >= 400:
+                msg = f"polling {response.url} answered {response.status}"
+                raise OperationError(msg, operation_url=monitor, response=response.raw)
+            if provisioning:
+                # A resource that no longer reports a state has been provisioned.
+                state = monitors.provisioning_state(response.body) or MonitorState.SUCCEEDED
+            else:
+                state = monitors.monitor_state(response)
+            if state is not MonitorState.PENDING:
+                return (
+                    yield from _monitor_end(
+                        first, response, state, options, wall_clock, final=provisioning
+                    )
+                )
         failures = _one_more_failure(response, failures, options) if transient else 0
-        if not same_origin(monitor, origin) and not options.allow_cross_origin:
-            msg = (
-                f"the status monitor is on another origin ({monitor}); set allow_cross_origin=True"
-            )
-            raise CrossOriginError(msg)
-        delay, _ = _timing(
+        patience.note(monitor, response.at - started, polls)
+        delay, _ = timing(
             response,
             options,
             backoff=backoff,
@@ -555,36 +517,29 @@ def _azure_flow(
         response = observed
 
 
-def _timing(
+def _monitor_end(
+    first: Observed,
     response: Observed,
+    state: MonitorState,
     options: PollOptions,
-    *,
-    backoff: _Backoff,
     wall_clock: Callable[[], float],
-    started: float,
-    operation_url: str,
-) -> tuple[float, float | None]:
-    """How long to wait before the next poll, and how long to ask the server to hold it."""
-    asked = server_interval(response, wall_now=wall_clock())
-    if asked is None or asked < options.min_interval:
-        delay = backoff.next()
-    else:
-        backoff.reset()
-        delay = asked
-    delay = min(max(delay, options.min_interval), options.max_interval)
-    hold = options.long_poll
-    if options.deadline is not None:
-        remaining = options.deadline - (response.at - started)
-        if remaining <= 0:
-            raise PollingTimeout(
-                f"the operation did not finish within {options.deadline:g} s; "
-                f"resume it from {operation_url}",
-                operation_url=operation_url,
-            )
-        delay = min(delay, remaining)
-        if hold is not None:
-            hold = min(hold, remaining)
-    return delay, hold
+    *,
+    final: bool,
+) -> Generator[Action, Observed | None, Observed]:
+    """The monitor (or resource) ended: fetch the result, return it, or raise the failure."""
+    if state is MonitorState.SUCCEEDED:
+        target = None if final else monitors.final_target(first, response, options.final_state_via)
+        if target is None:
+            _report(options, response, wall_clock, None)
+            return response
+        return (yield from _fetch_result(target, response, first.url, options, wall_clock))
+    _report(options, response, wall_clock, None)
+    if options.return_failed:
+        return response
+    shown = response.body[:200].decode("utf-8", "replace")
+    msg = f"the operation at {response.url} ended {state.value}: {shown}"
+    error = OperationFailed if state is MonitorState.FAILED else OperationCanceled
+    raise error(msg, operation_url=response.url, response=response.raw)
 
 
 def _report(
