@@ -20,7 +20,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="a seconds-long version, for CI")
     parser.add_argument(
         "--only",
-        default="clients,polling,distributed,throughput,scale,overhead",
+        default="clients,defaults,polling,distributed,throughput,scale,overhead",
         help="comma-separated benchmarks to run (default: all)",
     )
     group = parser.add_argument_group(
@@ -107,6 +107,17 @@ def main() -> None:
             if row["message"] and row["ok"] != "yes":
                 print(f"  {row['client']}, {row['job_seconds']:g} s: {row['message']}")
         (RESULTS / "budgets.json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
+
+    if "defaults" in chosen:
+        count, clients = (8, 4) if args.smoke else (40, 20)
+        print(
+            f"the client's defaults: {count} jobs of 0.2-8 s, {clients} at a time, "
+            "beside fixed 1 s polling",
+            flush=True,
+        )
+        rows = polling.run_defaults(count, clients, smoke=args.smoke)
+        print(table(rows, polling.COLUMNS) + "\n", flush=True)
+        (RESULTS / "defaults.json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
 
     if "polling" in chosen:
         count, clients = (12, 4) if args.smoke else (200, 50)

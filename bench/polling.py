@@ -115,6 +115,17 @@ def repoll_client(long_poll: float) -> Strategy:
     return run
 
 
+def repoll_defaults() -> Strategy:
+    """The repoll client exactly as shipped: no options (the hops come with the response)."""
+
+    async def run(client: httpx.AsyncClient, url: str, seconds: float) -> Outcome:
+        response = await client.post(url + "/start_work", json={"seconds": seconds})
+        hops = response.extensions.get("repoll.hops", [])
+        return _finish(response, max(len(hops), 1))
+
+    return run
+
+
 # name -> (strategy, whether it runs on repoll's transport)
 STRATEGIES: dict[str, tuple[Strategy, bool]] = {
     "fixed 1 s": (fixed(1.0), False),
@@ -127,7 +138,13 @@ STRATEGIES: dict[str, tuple[Strategy, bool]] = {
 
 
 async def _run_workload(
-    strategy: Strategy, polling: bool, url: str | list[str], jobs: list[float], clients: int
+    strategy: Strategy,
+    polling: bool,
+    url: str | list[str],
+    jobs: list[float],
+    clients: int,
+    *,
+    client_defaults: bool = False,
 ) -> list[Outcome]:
     urls = [url] if isinstance(url, str) else url
     queue = list(enumerate(jobs))
@@ -136,8 +153,10 @@ async def _run_workload(
     transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport(limits=limits)
     if polling:
         transport = repoll.AsyncPollingTransport(transport)
+    # With client_defaults, httpx's own timeout (5 s) stands, as a user gets it.
+    timeout = httpx.Timeout(5.0) if client_defaults else httpx.Timeout(120)
 
-    async with httpx.AsyncClient(transport=transport, timeout=120) as client:
+    async with httpx.AsyncClient(transport=transport, timeout=timeout) as client:
 
         async def worker(base: str) -> None:
             while queue:
@@ -181,6 +200,42 @@ def run(count: int, clients: int, *, smoke: bool = False) -> list[dict[str, obje
             cpu_before = cpu_seconds(pid)
             started = time.monotonic()
             outcomes = asyncio.run(_run_workload(strategy, polling, url, jobs, clients))
+            wall = time.monotonic() - started
+            cpu = cpu_seconds(pid) - cpu_before
+        rows.append(summarise(name, outcomes, cpu, wall))
+        print(f"  {name}: done in {wall:.1f} s", flush=True)
+    return rows
+
+
+# The client as shipped against the same run's fixed 1 s polling: 40 jobs of
+# 0.2-8 s (log-normal, median 1.5 s), 20 at a time.
+DEFAULTS: dict[str, tuple[Strategy, bool]] = {
+    "fixed 1 s": (fixed(1.0), False),
+    "repoll client, its defaults": (repoll_defaults(), True),
+}
+
+
+def default_durations(count: int, seed: int = 20261201) -> list[float]:
+    rng = random.Random(seed)
+    return [min(max(rng.lognormvariate(math.log(1.5), 0.8), 0.2), 8.0) for _ in range(count)]
+
+
+def run_defaults(count: int, clients: int, *, smoke: bool = False) -> list[dict[str, object]]:
+    """The client as shipped (httpx's 5 s timeout, no PollOptions) beside fixed 1 s polling."""
+    jobs = default_durations(count)
+    if smoke:
+        jobs = [min(j, 1.5) for j in jobs]
+    rows = []
+    for name, (strategy, polling) in DEFAULTS.items():
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            server_process(["--store", f"sqlite:///{tmp}/ops.sqlite3"]) as (url, pid),
+        ):
+            cpu_before = cpu_seconds(pid)
+            started = time.monotonic()
+            outcomes = asyncio.run(
+                _run_workload(strategy, polling, url, jobs, clients, client_defaults=True)
+            )
             wall = time.monotonic() - started
             cpu = cpu_seconds(pid) - cpu_before
         rows.append(summarise(name, outcomes, cpu, wall))

@@ -33,6 +33,11 @@ def test_bench_smoke_runs_and_reports():
     assert all(row["failed"] == 0 for row in rows.values())
     # Sanity, not speed: long-poll needs a start and about one poll.
     assert rows["repoll, long-poll"]["requests_mean"] <= 3
+    defaults = {
+        r["strategy"]: r for r in json.loads((results / "defaults.json").read_text())["rows"]
+    }
+    assert all(row["failed"] == 0 for row in defaults.values())
+    assert defaults["repoll client, its defaults"]["requests_mean"] <= 3
     scale = json.loads((results / "scale.json").read_text())
     assert all(row["all_200"] for row in scale["held"])
     if "distributed: skipped" not in result.stdout:
