@@ -126,6 +126,24 @@ def repoll_defaults() -> Strategy:
     return run
 
 
+def held_start() -> Strategy:
+    """Not a default: the start itself asks to be held (``Prefer: wait=25``)."""
+
+    async def run(client: httpx.AsyncClient, url: str, seconds: float) -> Outcome:
+        response = await client.post(
+            url + "/start_work",
+            json={"seconds": seconds},
+            headers={"prefer": "wait=25"},
+            # httpx's 5 s read timeout would cut the held start: the cost a
+            # client would have to pay (the transport extends only polls).
+            timeout=httpx.Timeout(5.0, read=30.0),
+        )
+        hops = response.extensions.get("repoll.hops", [])
+        return _finish(response, max(len(hops), 1))
+
+    return run
+
+
 # name -> (strategy, whether it runs on repoll's transport)
 STRATEGIES: dict[str, tuple[Strategy, bool]] = {
     "fixed 1 s": (fixed(1.0), False),
@@ -212,6 +230,7 @@ def run(count: int, clients: int, *, smoke: bool = False) -> list[dict[str, obje
 DEFAULTS: dict[str, tuple[Strategy, bool]] = {
     "fixed 1 s": (fixed(1.0), False),
     "repoll client, its defaults": (repoll_defaults(), True),
+    "repoll client, held start (not a default)": (held_start(), True),
 }
 
 
