@@ -20,6 +20,8 @@ import asyncio
 import contextvars
 import itertools
 import json
+import subprocess
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -440,3 +442,23 @@ def test_azure_core_on_the_same_scenarios(server, scenario):
         assert outcome[0] == "raises", outcome
     else:  # differs: azure-core followed the monitor to another origin
         assert outcome[0] == "ok", outcome
+
+
+def test_repoll_request_exits_1_for_a_failed_monitor(server):
+    """A monitor's Failed arrives as a 200 that says so: the command does not call it a success."""
+    base, _ = server
+    results = {}
+    for name in ("failed", "custom-statuses", "empty-monitor"):
+        run = str(next(_runs))
+        results[name] = subprocess.run(
+            [sys.executable, "-m", "repoll", "request", "-X", "POST", f"{base}/start/{name}/{run}"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert results["failed"].returncode == 1, results["failed"].stderr
+    assert '"Failed"' in results["failed"].stdout
+    assert results["custom-statuses"].returncode == 0, results["custom-statuses"].stderr
+    assert results["empty-monitor"].returncode == 3  # a protocol error
+    assert "without a JSON status" in results["empty-monitor"].stderr

@@ -288,6 +288,7 @@ def request_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     from .._errors import OperationError, PollingTimeout, ProtocolError  # noqa: PLC0415
     from ..clients._handle import OperationHandle  # noqa: PLC0415
     from ..core._poll import PollOptions  # noqa: PLC0415
+    from ..core._status import OperationStatus  # noqa: PLC0415
 
     try:
         headers = _headers_from(args.header)
@@ -331,7 +332,11 @@ def request_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         return EXIT_FAILURE
     if bar:
         bar.close()
-    return _print_final(response, include_headers=args.include, out=out)
+    code = _print_final(response, include_headers=args.include, out=out)
+    if handle.status in (OperationStatus.FAILED, OperationStatus.CANCELED):
+        # A status monitor's Failed is a 200 whose body says so: not a success.
+        return EXIT_HTTP_ERROR
+    return code
 
 
 def _parser() -> argparse.ArgumentParser:
