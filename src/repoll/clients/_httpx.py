@@ -11,6 +11,7 @@ its answers into httpx requests and httpx responses back into
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Generator
 from dataclasses import replace
 from typing import Any
 
@@ -21,6 +22,7 @@ from ..core._poll import (
     Observed,
     Poll,
     PollOptions,
+    carries_credentials,
     first_request_headers,
     may_need_body,
     needs_polling,
@@ -133,6 +135,64 @@ def with_poll_timeout(extensions: dict[str, Any], poll: Poll) -> None:
         extensions["timeout"] = {**timeout, "read": poll.read_timeout}
 
 
+PollAuth = httpx.Auth | Callable[[httpx.Request], httpx.Request]
+
+
+def as_auth(auth: PollAuth | None) -> httpx.Auth | None:
+    """An ``httpx.Auth`` from what the transports accept: one, or a function of the request."""
+    if auth is None or isinstance(auth, httpx.Auth):
+        return auth
+    return _FunctionAuth(auth)
+
+
+class _FunctionAuth(httpx.Auth):
+    def __init__(self, func: Callable[[httpx.Request], httpx.Request]) -> None:
+        self._func = func
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        yield self._func(request)
+
+
+def send_authenticated(
+    inner: httpx.BaseTransport, request: httpx.Request, auth: httpx.Auth | None
+) -> httpx.Response:
+    """Send ``request``, through ``auth``'s flow when there is one (a refresh, a 401 retry)."""
+    if auth is None:
+        return inner.handle_request(request)
+    flow = auth.sync_auth_flow(request)
+    current = next(flow)
+    while True:
+        response = inner.handle_request(current)
+        if auth.requires_response_body:
+            response.read()
+        try:
+            current = flow.send(response)
+        except StopIteration:
+            return response
+        response.read()
+        response.close()
+
+
+async def asend_authenticated(
+    inner: httpx.AsyncBaseTransport, request: httpx.Request, auth: httpx.Auth | None
+) -> httpx.Response:
+    """The async twin of :func:`send_authenticated`."""
+    if auth is None:
+        return await inner.handle_async_request(request)
+    flow = auth.async_auth_flow(request)
+    current = await flow.__anext__()
+    while True:
+        response = await inner.handle_async_request(current)
+        if auth.requires_response_body:
+            await response.aread()
+        try:
+            current = await flow.asend(response)
+        except StopAsyncIteration:
+            return response
+        await response.aread()
+        await response.aclose()
+
+
 class _Shell:
     """What both transports share: options, the first request, the history."""
 
@@ -199,7 +259,11 @@ class PollingTransport(httpx.BaseTransport):
     (303/202 with Location and Retry-After, or Operation-Status) is followed
     until the final response, which is returned for the original request.
     Other responses pass through untouched (still streamable). Per-request
-    options: ``extensions={"repoll.options": PollOptions(...)}``. The hops are
+    options: ``extensions={"repoll.options": PollOptions(...)}``. ``auth``
+    (an ``httpx.Auth``, or a function that returns the request with its
+    credentials) runs again for every poll to the original origin, so a
+    token that expires during a long operation is refreshed; the client's
+    own auth covers the first request, which goes through the client. The hops are
     in ``response.extensions["repoll.hops"]`` and the polling responses in
     ``response.extensions["repoll.history"]``.
     """
@@ -210,10 +274,12 @@ class PollingTransport(httpx.BaseTransport):
         *,
         options: PollOptions | None = None,
         sleep: Sleeper | None = None,
+        auth: PollAuth | None = None,
     ) -> None:
         self._inner = transport or httpx.HTTPTransport()
         self._shell = _Shell(options)
         self._sleep = sleep or _testing.sleep
+        self._auth = as_auth(auth)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if not self._shell.prepare(request):
@@ -231,8 +297,9 @@ class PollingTransport(httpx.BaseTransport):
 
         def send(poll: Poll) -> Observed:
             poll_req = poll_request(request, poll, cookies)
+            auth = self._auth if carries_credentials(str(request.url), str(poll_req.url)) else None
             try:
-                reply = self._inner.handle_request(poll_req)
+                reply = send_authenticated(self._inner, poll_req, auth)
                 body = reply.read()
             except httpx.TransportError as exc:
                 return observe_error(exc, poll_req)
@@ -262,10 +329,12 @@ class AsyncPollingTransport(httpx.AsyncBaseTransport):
         *,
         options: PollOptions | None = None,
         sleep: AsyncSleeper | None = None,
+        auth: PollAuth | None = None,
     ) -> None:
         self._inner = transport or httpx.AsyncHTTPTransport()
         self._shell = _Shell(options)
         self._sleep = sleep or _testing.asleep
+        self._auth = as_auth(auth)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if not self._shell.prepare(request):
@@ -283,8 +352,9 @@ class AsyncPollingTransport(httpx.AsyncBaseTransport):
 
         async def send(poll: Poll) -> Observed:
             poll_req = poll_request(request, poll, cookies)
+            auth = self._auth if carries_credentials(str(request.url), str(poll_req.url)) else None
             try:
-                reply = await self._inner.handle_async_request(poll_req)
+                reply = await asend_authenticated(self._inner, poll_req, auth)
                 body = await reply.aread()
             except httpx.TransportError as exc:
                 return observe_error(exc, poll_req)

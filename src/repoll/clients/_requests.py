@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .. import _testing
@@ -52,6 +52,10 @@ class PollingAdapter(HTTPAdapter):
     The final response carries the polling responses in ``response.history``
     and the hops in ``response.repoll_hops``. ``sleep`` waits between polls
     (default: :func:`time.sleep`, skipped under ``repoll.testing()``).
+    ``auth`` (a requests auth: a callable that takes and returns the prepared
+    request) runs again for every poll to the original origin, so a token
+    that expires during a long operation is refreshed; the session's own
+    auth covers the first request.
     """
 
     def __init__(
@@ -59,11 +63,13 @@ class PollingAdapter(HTTPAdapter):
         *,
         options: flow.PollOptions | None = None,
         sleep: Sleeper | None = None,
+        auth: Callable[[requests.PreparedRequest], requests.PreparedRequest] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.options = options or flow.PollOptions()
         self._sleep = sleep or _testing.sleep
+        self._auth = auth
 
     def send(  # noqa: PLR0917 - requests' own signature
         self,
@@ -109,6 +115,8 @@ class PollingAdapter(HTTPAdapter):
             cookies: str | None = requests.cookies.get_cookie_header(jar, bare)  # type: ignore[no-untyped-call]
             headers = flow.poll_headers(request.headers, url, poll, cookies)
             prepared = requests.Request("GET", poll.url, headers=headers).prepare()
+            if self._auth is not None and flow.carries_credentials(url, poll.url):
+                prepared = self._auth(prepared)
             timeout = settings["timeout"]
             if poll.read_timeout is not None:  # a held poll: wait out its hold
                 connect = timeout[0] if isinstance(timeout, tuple) else timeout
