@@ -4,8 +4,8 @@ One real server plays the scenarios of the conventions the client claims
 (core/_monitors.py, docs/client.md): status monitors (``Operation-Location``,
 ``Azure-AsyncOperation``), ARM's provisioning state, RFC 9110's plain 202,
 a 303 to the result. Each scenario runs through the httpx transports (sync
-and async), the operation handles (sync and async, ``start().result()``)
-and the requests adapter, which must all give the same outcome, the one
+and async), the operation handles (sync and async, ``start().result()``),
+the requests adapter and the aiohttp middleware, which must all give the same outcome, the one
 expected here; azure-core's ``LROPoller`` runs where it applies, to show
 where repoll agrees with it and where it deliberately differs.
 
@@ -327,12 +327,26 @@ def via_requests(url: str, method: str, options: PollOptions) -> tuple[int, Any]
     return response.status_code, _json(response.content)
 
 
+def via_aiohttp(url: str, method: str, options: PollOptions) -> tuple[int, Any]:
+    import aiohttp
+
+    async def go() -> tuple[int, Any]:
+        middleware = repoll.aiohttp_polling(options)
+        async with aiohttp.ClientSession(middlewares=(middleware,)) as session:
+            body = {} if method in ("PUT", "PATCH") else None
+            async with session.request(method, url, json=body) as response:
+                return response.status, _json(await response.read())
+
+    return asyncio.run(go())
+
+
 CLIENTS = {
     "transport": via_transport,
     "async transport": via_async_transport,
     "handle": via_handle,
     "async handle": via_async_handle,
     "requests": via_requests,
+    "aiohttp": via_aiohttp,
 }
 
 

@@ -118,12 +118,27 @@ def via_async_handle(url: str) -> None:
     asyncio.run(go())
 
 
+def via_aiohttp(url: str) -> None:
+    import aiohttp
+
+    async def go() -> None:
+        # Session-wide fields too: aiohttp merges them into every request.
+        session = aiohttp.ClientSession(
+            headers={"X-Session-Wide": "yes"}, middlewares=(repoll.aiohttp_polling(OPTIONS),)
+        )
+        async with session, session.post(url, headers=ORIGINAL, data=b"{}") as response:
+            assert response.status == 200
+
+    asyncio.run(go())
+
+
 CLIENTS: dict[str, Callable[[str], None]] = {
     "httpx transport": via_transport,
     "async httpx transport": via_async_transport,
     "requests adapter": via_adapter,
     "handle": via_handle,
     "async handle": via_async_handle,
+    "aiohttp": via_aiohttp,
 }
 
 
@@ -144,7 +159,11 @@ def test_every_client_sends_the_same_poll_fields(server, cross_origin):
     }
     if not cross_origin:
         expected |= {"authorization": "Bearer secret", "cookie": "session=s1", "x-api-key": "k1"}
-    assert seen == dict.fromkeys(CLIENTS, sorted(expected.items()))
+    aiohttp_poll = dict(seen.pop("aiohttp"))
+    # aiohttp's session-wide field is one of the caller's, and no credential.
+    assert aiohttp_poll.pop("x-session-wide", None) == "yes"
+    assert sorted(aiohttp_poll.items()) == sorted(expected.items())
+    assert seen == dict.fromkeys(seen, sorted(expected.items()))
 
 
 def test_the_rule_itself():

@@ -68,7 +68,7 @@ async def _held_poll_wakes(a: Instance, b: Instance, gate: asyncio.Event) -> flo
 async def _cancel_through(b: Instance, a: Instance) -> None:
     location = (await a.post_gated()).headers["location"]
     assert (await b.client.delete(location)).status_code in (200, 202)
-    final = await b.client.get(location, headers={"prefer": "wait=5"})
+    final = await asyncio.wait_for(b.client.get(location, headers={"prefer": "wait=5"}), 60)
     assert final.status_code == 409
     assert final.headers["operation-status"] == "canceled"
 
@@ -166,7 +166,7 @@ async def test_a_redis_restart_under_two_instances_heals(redis_server, tmp_path)
         gate.set()  # the work ends while the store is away: its outcome waits
         await asyncio.sleep(1.0)
         redis_server.start()
-        final = await b.client.get(running, headers={"prefer": "wait=10"})
+        final = await asyncio.wait_for(b.client.get(running, headers={"prefer": "wait=10"}), 60)
         assert final.status_code == 200, final.text
         assert final.json() == {"gate": "opened"}
         gate.clear()
@@ -194,12 +194,12 @@ async def test_an_outcome_waits_out_an_outage_of_the_store(redis_url, redis_pref
         location = (await a.post_gated()).headers["location"]
         await relay.stop()
         gate.set()  # the work ends while the store is away: its outcome waits
-        during = await b.client.get(location, headers={"prefer": "wait=0"})
+        during = await asyncio.wait_for(b.client.get(location, headers={"prefer": "wait=0"}), 60)
         assert during.status_code == 503
         await asyncio.sleep(4.0)  # four owner_ttl: every heartbeat has expired
         await relay.start()  # back, on the same port
         # Nobody takes the other for dead after the outage: the real outcome lands.
-        final = await b.client.get(location, headers={"prefer": "wait=20"})
+        final = await asyncio.wait_for(b.client.get(location, headers={"prefer": "wait=20"}), 60)
         assert final.status_code == 200, final.text
         assert final.json() == {"gate": "opened"}
     finally:
@@ -225,7 +225,7 @@ async def test_an_instance_cut_off_from_the_store_is_taken_for_dead(
         location = (await a.post_gated()).headers["location"]
         await relay.stop()  # only A loses the store: to B, it looks dead
         gate.set()
-        final = await b.client.get(location, headers={"prefer": "wait=10"})
+        final = await asyncio.wait_for(b.client.get(location, headers={"prefer": "wait=10"}), 60)
         assert final.status_code == 500
         assert final.json()["type"] == "urn:repoll:problem:operation-lost"
         await relay.start()

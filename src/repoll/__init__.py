@@ -49,7 +49,9 @@ _PUBLIC: dict[str, str] = {
     "PollingAdapter": ".clients._requests",
     "OperationHandle": ".clients._handle",
     "AsyncOperationHandle": ".clients._handle",
+    "aiohttp_polling": ".clients._aiohttp",
     "PollOptions": ".core._poll",
+    "BreakerPolicy": ".core._breaker",
     "Hop": ".core._poll",
     "OperationStatus": ".core._status",
     # Tests of applications: skip the client's waits.
@@ -70,6 +72,7 @@ _PUBLIC: dict[str, str] = {
     "OperationExpired": "._errors",
     "OperationFailed": "._errors",
     "OperationCanceled": "._errors",
+    "CircuitOpenError": "._errors",
     "PollingTimeout": "._errors",
 }
 
@@ -79,6 +82,7 @@ if not _typing.TYPE_CHECKING:
     __all__ = sorted(_PUBLIC)  # noqa: PLE0605 - derived from the table, on purpose
     __getattr__, __dir__ = _lazy_exports(__name__, _PUBLIC)
 else:
+    from ._errors import CircuitOpenError as CircuitOpenError
     from ._errors import CrossOriginError as CrossOriginError
     from ._errors import MissingExtraError as MissingExtraError
     from ._errors import NotDeferrableError as NotDeferrableError
@@ -96,11 +100,13 @@ else:
     from ._testing import is_testing as is_testing
     from ._testing import set_testing as set_testing
     from ._testing import testing as testing
+    from .clients._aiohttp import aiohttp_polling as aiohttp_polling
     from .clients._handle import AsyncOperationHandle as AsyncOperationHandle
     from .clients._handle import OperationHandle as OperationHandle
     from .clients._httpx import AsyncPollingTransport as AsyncPollingTransport
     from .clients._httpx import PollingTransport as PollingTransport
     from .clients._requests import PollingAdapter as PollingAdapter
+    from .core._breaker import BreakerPolicy as BreakerPolicy
     from .core._config import Lifetimes as Lifetimes
     from .core._config import Limits as Limits
     from .core._config import UrlPolicy as UrlPolicy

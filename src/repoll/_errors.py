@@ -20,7 +20,8 @@ for people who write a store; ``internal``: never reaches application code)::
     │   ├── OperationExpired                   410: retention ended
     │   ├── OperationFailed                    the final outcome is ``failed`` (a status
     │   │                                      monitor's Failed; .response has its answer)
-    │   └── OperationCanceled                  the final outcome is ``canceled``
+    │   ├── OperationCanceled                  the final outcome is ``canceled``
+    │   └── CircuitOpenError                   the origin kept failing: polls refused for now
     └── PollingTimeout (also TimeoutError)     the overall deadline passed
 """
 
@@ -118,6 +119,15 @@ class OperationFailed(OperationError):
 
 class OperationCanceled(OperationError):
     """The operation ended ``canceled``."""
+
+
+class CircuitOpenError(OperationError):
+    """The operation's origin kept failing: its polls are refused for a cool-down.
+
+    Raised at once, without a request, while the client's circuit for that
+    origin is open (``PollOptions(circuit_breaker=...)``);
+    ``operation_url`` resumes the operation once the origin is back.
+    """
 
 
 class PollingTimeout(OperationError, TimeoutError):

@@ -53,6 +53,7 @@ from ..core._poll import (
     poll_headers,
 )
 from ..core._status import OperationStatus
+from ._breakers import client_breaker, refused, report
 from ._runners import AsyncSleeper, Sleeper, adrive, drive
 
 try:
@@ -269,6 +270,7 @@ class _Handle:
 
     def _drive_flow(self, flow: Any) -> Steps[None]:
         """Carry out the core's flow with this handle's requests, absorbing every answer."""
+        breaker = client_breaker(self._client, self.options.circuit_breaker)
         try:
             action = next(flow)
             while True:
@@ -277,12 +279,15 @@ class _Handle:
                     action = flow.send(None)
                     continue
                 step = self._send_step("GET", action, tolerant=True)
+                if (no := refused(breaker, str(step.request.url))) is not None:
+                    action = flow.send(no)
+                    continue
                 reply = yield step
                 if isinstance(reply, httpx.TransportError):
-                    action = flow.send(observe_error(reply, step.request))
+                    action = flow.send(report(breaker, observe_error(reply, step.request)))
                     continue
                 assert isinstance(reply, httpx.Response)
-                observed = observe(reply, step.request, reply.content)
+                observed = report(breaker, observe(reply, step.request, reply.content))
                 self._absorb(reply, observed)
                 action = flow.send(observed)
         except StopIteration as stop:

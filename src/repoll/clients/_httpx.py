@@ -29,6 +29,7 @@ from ..core._poll import (
     poll_flow,
     poll_headers,
 )
+from ._breakers import breaker_for, refused, report
 from ._runners import AsyncSleeper, Flow, Sleeper, adrive, drive
 
 try:
@@ -280,6 +281,7 @@ class PollingTransport(httpx.BaseTransport):
         self._shell = _Shell(options)
         self._sleep = sleep or _testing.sleep
         self._auth = as_auth(auth)
+        self._breaker = breaker_for(self._shell.options.circuit_breaker)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if not self._shell.prepare(request):
@@ -298,16 +300,18 @@ class PollingTransport(httpx.BaseTransport):
         def send(poll: Poll) -> Observed:
             poll_req = poll_request(request, poll, cookies)
             auth = self._auth if carries_credentials(str(request.url), str(poll_req.url)) else None
+            if (no := refused(self._breaker, str(poll_req.url))) is not None:
+                return no
             try:
                 reply = send_authenticated(self._inner, poll_req, auth)
                 body = reply.read()
             except httpx.TransportError as exc:
-                return observe_error(exc, poll_req)
+                return report(self._breaker, observe_error(exc, poll_req))
             reply.close()
             reply.request = poll_req
             cookies.keep(reply, poll_req)
             history.append(reply)
-            return observe(reply, poll_req, body)
+            return report(self._breaker, observe(reply, poll_req, body))
 
         drive(self._shell.flow(request, first, hops), send, self._sleep)
         return finish(history[-1], history, hops)
@@ -335,6 +339,7 @@ class AsyncPollingTransport(httpx.AsyncBaseTransport):
         self._shell = _Shell(options)
         self._sleep = sleep or _testing.asleep
         self._auth = as_auth(auth)
+        self._breaker = breaker_for(self._shell.options.circuit_breaker)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if not self._shell.prepare(request):
@@ -353,16 +358,18 @@ class AsyncPollingTransport(httpx.AsyncBaseTransport):
         async def send(poll: Poll) -> Observed:
             poll_req = poll_request(request, poll, cookies)
             auth = self._auth if carries_credentials(str(request.url), str(poll_req.url)) else None
+            if (no := refused(self._breaker, str(poll_req.url))) is not None:
+                return no
             try:
                 reply = await asend_authenticated(self._inner, poll_req, auth)
                 body = await reply.aread()
             except httpx.TransportError as exc:
-                return observe_error(exc, poll_req)
+                return report(self._breaker, observe_error(exc, poll_req))
             await reply.aclose()
             reply.request = poll_req
             cookies.keep(reply, poll_req)
             history.append(reply)
-            return observe(reply, poll_req, body)
+            return report(self._breaker, observe(reply, poll_req, body))
 
         await adrive(self._shell.flow(request, first, hops), send, self._sleep)
         return finish(history[-1], history, hops)

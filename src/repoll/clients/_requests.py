@@ -17,6 +17,7 @@ from typing import Any
 from .. import _testing
 from .._errors import MissingExtraError
 from ..core import _poll as flow
+from ._breakers import breaker_for, refused, report
 from ._runners import Sleeper, drive
 
 try:
@@ -70,6 +71,7 @@ class PollingAdapter(HTTPAdapter):
         self.options = options or flow.PollOptions()
         self._sleep = sleep or _testing.sleep
         self._auth = auth
+        self._breaker = breaker_for(self.options.circuit_breaker)
 
     def send(  # noqa: PLR0917 - requests' own signature
         self,
@@ -121,17 +123,20 @@ class PollingAdapter(HTTPAdapter):
             if poll.read_timeout is not None:  # a held poll: wait out its hold
                 connect = timeout[0] if isinstance(timeout, tuple) else timeout
                 timeout = (connect, poll.read_timeout)
+            if (no := refused(self._breaker, poll.url)) is not None:
+                return no
             try:
                 reply = super(PollingAdapter, self).send(
                     prepared, stream=False, **{**settings, "timeout": timeout}
                 )
             except (requests.ConnectionError, requests.Timeout) as exc:
-                return flow.Observed(
+                failed = flow.Observed(
                     method="GET", status=0, headers={}, url=poll.url, at=time.monotonic(), error=exc
                 )
+                return report(self._breaker, failed)
             history.append(reply)
             jar.update(reply.cookies)
-            return _observe(reply, "GET", poll.url, reply.content)
+            return report(self._breaker, _observe(reply, "GET", poll.url, reply.content))
 
         options = dataclasses.replace(self.options, on_progress=record)
         steps = flow.poll_flow(

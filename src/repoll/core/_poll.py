@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urljoin
 
 from .._errors import (
+    CircuitOpenError,
     CrossOriginError,
     OperationCanceled,
     OperationError,
@@ -62,6 +63,7 @@ from .._errors import (
 from . import _headers as h
 from . import _monitors as monitors
 from . import _poll_headers
+from ._breaker import DEFAULT_BREAKER, BreakerPolicy
 from ._monitors import FINAL_STATES, FinalStateVia, MonitorState
 from ._poll_headers import NOT_CARRIED, carries_credentials, poll_headers, same_origin
 from ._poll_timing import Backoff, Patience, server_interval, timing
@@ -131,6 +133,11 @@ class PollOptions:
     # A status monitor or provisioning state that ends Failed/Canceled raises
     # OperationFailed/OperationCanceled (with .response); True returns it.
     return_failed: bool = False
+    # Per origin, shared by every operation of a client: polls to an origin
+    # that kept failing are refused (CircuitOpenError) for a cool-down. None:
+    # no breaker. The transport's, adapter's or (for handles) the client's
+    # first options set it.
+    circuit_breaker: BreakerPolicy | None = DEFAULT_BREAKER
 
     def __post_init__(self) -> None:
         if self.final_state_via not in FINAL_STATES:
@@ -422,6 +429,8 @@ def poll_read_timeout(hold: float | None, read_timeout: float | None) -> float |
 
 def _one_more_failure(response: Observed, failures: int, options: PollOptions) -> int:
     """Count a transient failure; past ``max_retries``, raise it (or say what it was)."""
+    if isinstance(response.error, CircuitOpenError):
+        raise response.error  # the origin is known to be down: fail fast
     failures += 1
     if failures > options.max_retries:
         if response.error is not None:

@@ -25,6 +25,12 @@ def same_origin(a: str, b: str) -> bool:
     return _origin(a) == _origin(b)
 
 
+def origin_of(url: str) -> str:
+    """The origin of an absolute URL as one string (``scheme://host:port``)."""
+    scheme, host, port = _origin(url)
+    return f"{scheme}://{host}:{port}"
+
+
 def _origin(url: str) -> tuple[str, str | None, int | None]:
     parts = urlsplit(url)
     try:
