@@ -189,3 +189,22 @@ def test_the_rule_itself():
         "accept": "*/*",
         "cookie": "a=1",
     }
+
+
+def test_a_deployment_names_its_own_credential_fields(server):
+    from repoll.core._headers import CREDENTIAL_FIELDS
+
+    options = PollOptions(
+        allow_cross_origin=True, long_poll=5, credential_fields=CREDENTIAL_FIELDS | {"X-My-Token"}
+    )
+    assert "x-my-token" in options.credential_fields  # names are compared without case
+    base, recorder = server
+    for cross, carried in ((False, True), (True, False)):
+        url = f"{base}/start" + ("?cross=1" if cross else "")
+        transport = repoll.PollingTransport(options=options)
+        with httpx.Client(transport=transport, timeout=30) as client:
+            headers = {"X-My-Token": "t1", "X-Custom": "c"}
+            assert client.post(url, headers=headers, content=b"{}").status_code == 200
+        poll = dict(recorder.last_poll())
+        assert ("x-my-token" in poll) is carried
+        assert poll["x-custom"] == "c"

@@ -193,7 +193,8 @@ class _Handle:
 
     def _status_step(self, method: str) -> _Send:
         prefer = h.format_prefer(respond_async=True, wait=0) or ""
-        return self._send_step(method, Poll(self.url, {h.PREFER: prefer}))
+        poll = Poll(self.url, {h.PREFER: prefer}, credential_fields=self.options.credential_fields)
+        return self._send_step(method, poll)
 
     def _start_flow(self, method: str, url: str, request: dict[str, Any]) -> Steps[None]:
         self._headers = request.get("headers")

@@ -138,8 +138,14 @@ class PollOptions:
     # no breaker. The transport's, adapter's or (for handles) the client's
     # first options set it.
     circuit_breaker: BreakerPolicy | None = DEFAULT_BREAKER
+    # Header fields a poll never carries to another origin (case ignored);
+    # extend the default: CREDENTIAL_FIELDS | {"x-my-token"}.
+    credential_fields: frozenset[str] = h.CREDENTIAL_FIELDS
 
     def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "credential_fields", frozenset(n.lower() for n in self.credential_fields)
+        )
         if self.final_state_via not in FINAL_STATES:
             msg = f"final_state_via must be one of {', '.join(FINAL_STATES)}"
             raise ValueError(msg)
@@ -185,6 +191,8 @@ class Poll:
     # How long the runner waits for this poll's answer; None: the library's
     # own setting (see poll_read_timeout).
     read_timeout: float | None = None
+    # What never goes to another origin (PollOptions.credential_fields).
+    credential_fields: frozenset[str] = h.CREDENTIAL_FIELDS
 
 
 Action = Sleep | Poll
@@ -374,6 +382,7 @@ def poll_flow(
             # Only a server that holds polls is given longer: a stalled
             # answer from any other still times out as the caller set.
             poll_read_timeout(hold if server_holds else None, read_timeout),
+            options.credential_fields,
         )
         if observed is None:
             msg = "the runner must send the poll's response back into the flow"
@@ -452,7 +461,7 @@ def _fetch_result(
         msg = f"the result is on another origin ({target}); set allow_cross_origin=True"
         raise CrossOriginError(msg)
     _report(options, response, wall_clock, 0.0)
-    final = yield Poll(target, {})
+    final = yield Poll(target, {}, credential_fields=options.credential_fields)
     if final is None:
         msg = "the runner must send the poll's response back into the flow"
         raise ProtocolError(msg)
@@ -518,7 +527,7 @@ def _monitor_flow(
         _report(options, response, wall_clock, delay)
         if delay > 0:
             yield Sleep(delay)
-        observed = yield Poll(monitor, {})
+        observed = yield Poll(monitor, {}, credential_fields=options.credential_fields)
         if observed is None:
             msg = "the runner must send the poll's response back into the flow"
             raise ProtocolError(msg)

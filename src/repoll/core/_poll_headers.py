@@ -12,8 +12,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urljoin, urlsplit
 
-from . import _headers as h
-
 if TYPE_CHECKING:
     from ._poll import Poll
 
@@ -98,7 +96,8 @@ def poll_headers(
     The one rule every client follows (each only translates the result into
     its library's request): the original's fields but those in
     :data:`NOT_CARRIED` (``Accept`` is ``*/*`` without one), minus its
-    credentials (:data:`~repoll.core._headers.CREDENTIAL_FIELDS`) when the
+    credentials (``poll.credential_fields``: by default
+    :data:`~repoll.core._headers.CREDENTIAL_FIELDS`) when the
     poll goes to another origin, plus the flow's own fields (``Prefer``).
     ``original`` may be any mapping (httpx's or requests' case-insensitive
     ones included); duplicate fields arrive joined, as those mappings give
@@ -111,7 +110,7 @@ def poll_headers(
     headers = {"accept": "*/*"}
     for name, value in original.items():
         lower = name.lower()
-        if lower in NOT_CARRIED or (not credentials and lower in h.CREDENTIAL_FIELDS):
+        if lower in NOT_CARRIED or (not credentials and lower in poll.credential_fields):
             continue
         headers[lower] = value
     if cookies and credentials:
