@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast, overload
 
+from .. import _telemetry as telemetry
 from .._errors import DuplicateOperation, NotDeferrableError, StoreUnavailable
 from ..core import _replies as replies
 from ..core._admission import quota_key
@@ -171,6 +172,7 @@ class DeferrableRequest:
         self._captured_body: list[bytes] = []
         self._captured_size = 0
         self._captured_complete = False
+        self._work_span: telemetry.WorkSpan | None = None
 
     # --- what the app sees ------------------------------------------------------
 
@@ -268,6 +270,9 @@ class DeferrableRequest:
             raise
         running = RunningOperation(server, op, server.operation_url(self.scope, op.id), quota)
         self.running = running
+        if telemetry.active():
+            self._work_span = telemetry.WorkSpan(self.scope["headers"], op.id, op.endpoint)
+            self._work_span.enter()
         server.track(running)
         _current_operation.set(running)
         if not self.decided.done():
@@ -411,6 +416,8 @@ class DeferrableRequest:
                 return  # another process writes the outcome
             response = self._captured_response() if interrupted is None else None
             await self.server.record_outcome(running, response, interrupted)
+            if self._work_span is not None:
+                self._work_span.end(_outcome_name(response, interrupted, running))
         finally:
             self.server.untrack(running)
 
@@ -433,6 +440,17 @@ class DeferrableRequest:
         return StoredResponse(
             self._captured_status, self._captured_headers, b"".join(self._captured_body)
         )
+
+
+def _outcome_name(
+    response: StoredResponse | None, interrupted: BaseException | None, running: RunningOperation
+) -> str:
+    """How the work ended, for telemetry: as the record says, without reading it back."""
+    if response is not None:
+        return "succeeded" if response.status < 400 else "failed"
+    if running.cancel_requested and isinstance(interrupted, asyncio.CancelledError):
+        return "canceled"
+    return "failed"
 
 
 def _route_path(scope: Scope) -> str:

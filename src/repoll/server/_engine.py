@@ -37,6 +37,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from .. import _telemetry as telemetry
 from .._errors import InvalidTransition, MissingExtraError, StoreUnavailable
 from ..core import _liveness as liveness
 from ..core import _replies as replies
@@ -217,6 +218,8 @@ class PollingServer:
             if self._open:
                 return
             await self.store.open()
+            executor = self.executor
+            telemetry.watch_queue(lambda: executor.waiting)
             try:
                 key = self._principal_key or await self.store.secret()
                 self._digests = PrincipalDigests(key)

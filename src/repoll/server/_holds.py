@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from .. import _telemetry as telemetry
 from ..core._admission import Admission
 from ..core._model import Operation
 from ..stores._store import Store
@@ -83,6 +84,8 @@ class Holds:
             counted = False
         elif counted and not self.admission.try_hold():
             seconds, counted = 0.0, False
+            telemetry.shed()
+        noted = counted and telemetry.held(1)
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Operation | None] = loop.create_future()
         self.notifier.add(operation_id, waiter)
@@ -114,6 +117,8 @@ class Holds:
             self.notifier.discard(operation_id, waiter)
             if counted:
                 self.admission.release_hold()
+            if noted:
+                telemetry.held(-1)
             if watcher is not None:
                 watcher.cancel()
         return finished if finished is not None else await self.store.get(operation_id)

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .. import _telemetry as telemetry
 from .._errors import StoreUnavailable
 from ..core import _replies as replies
 from ..core import _stream as stream
@@ -161,9 +162,10 @@ class PollingMiddleware:
             if kind == "cancel":
                 reply = await answers.cancel_reply(server, scope, operation_id, receive)
             elif kind == "status":
-                reply = await answers.status_reply(
-                    server, scope, operation_id, _preferences(scope), receive
-                )
+                with telemetry.status_span(scope["headers"], operation_id):
+                    reply = await answers.status_reply(
+                        server, scope, operation_id, _preferences(scope), receive
+                    )
             else:
                 reply = replies.method_not_allowed()
         except StoreUnavailable as exc:
