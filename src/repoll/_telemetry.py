@@ -47,11 +47,26 @@ def active() -> bool:
     spans and instruments record nothing; repoll then skips even the
     work of making them (context extraction costs a busy server time).
     """
+    global _configured, _checked_at  # noqa: PLW0603 - a cache of one process-wide fact
     if not ENABLED:
         return False
-    return not isinstance(
+    if _configured:
+        return True
+    # OpenTelemetry reads the environment on every question until a provider
+    # is set: ask at most once a second (a provider set at start-up is seen
+    # from the first request on, one set later within a second).
+    now = time.monotonic()
+    if now - _checked_at < 1.0:
+        return False
+    _checked_at = now
+    _configured = not isinstance(
         _trace.get_tracer_provider(), _trace.ProxyTracerProvider
     ) or not isinstance(_metrics.get_meter_provider(), _ProxyMeterProvider)
+    return _configured
+
+
+_configured = False
+_checked_at = -1e9
 
 
 _SCOPE = "repoll"
