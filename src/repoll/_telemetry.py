@@ -170,10 +170,31 @@ class ClientTrace:
         span.end()
 
 
-def client_trace(method: str, url: str, headers: MutableMapping[str, str]) -> ClientTrace | None:
-    """The trace of a request about to go out (its context into ``headers``); None without OTel."""
-    if not active():
+class _NoTrace(ClientTrace):
+    """What :func:`client_trace` gives without OpenTelemetry: every method does nothing."""
+
+    def __init__(self) -> None:
+        self._operation = self._start = self._poll = None
+        self._polls = 0
+
+    def poll(self, url: str, headers: MutableMapping[str, str]) -> None:
         return None
+
+    def ended(self, status: int | None, error: BaseException | None = None) -> None:
+        return None
+
+
+_NO_TRACE = _NoTrace()
+
+
+def client_trace(method: str, url: str, headers: MutableMapping[str, str]) -> ClientTrace:
+    """The trace of a request about to go out (its context into ``headers``).
+
+    Without OpenTelemetry, or until a provider is configured, one that does
+    nothing: the shells call it unconditionally.
+    """
+    if not active():
+        return _NO_TRACE
     trace = ClientTrace(method, url)
     trace.inject_start(headers)
     return trace

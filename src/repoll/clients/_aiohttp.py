@@ -17,6 +17,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from .. import _telemetry as telemetry
 from .. import _testing
 from .._errors import MissingExtraError
 from ..core._poll import (
@@ -75,13 +76,16 @@ class AiohttpPolling:
         for name, value in self._first_headers.items():
             if name not in request.headers:
                 request.headers[name] = value
-        response: aiohttp.ClientResponse = await handler(request)
         method, url = request.method, str(request.url)
+        trace = telemetry.client_trace(method, url, request.headers)
+        response: aiohttp.ClientResponse = await handler(request)
         content_type = response.headers.get("content-type", "")
         body = (
             await response.read() if may_need_body(method, response.status, content_type) else b""
         )
-        if not needs_polling(_observe(response, method, url, body)):
+        deferred = needs_polling(_observe(response, method, url, body))
+        trace.started(response.status, deferred=deferred)
+        if not deferred:
             return response
         first = _observe(response, method, url, await response.read())
         session = request.session
@@ -113,14 +117,17 @@ class AiohttpPolling:
                     sock_read=poll.read_timeout,
                 )
             same = carries_credentials(url, poll.url)
+            trace.poll(poll.url, headers)
             try:
                 reply = await _get(session, poll.url, headers, limits, same=same)
                 reply_body = await reply.read()
             except (TimeoutError, aiohttp.ClientError) as exc:
+                trace.polled(0, {}, error=exc)
                 failed = Observed(
                     method="GET", status=0, headers={}, url=poll.url, at=time.monotonic(), error=exc
                 )
                 return report(self._breaker, failed)
+            trace.polled(reply.status, reply.headers)
             history.append(reply)
             jar.update_cookies(reply.cookies, reply.url)
             return report(self._breaker, _observe(reply, "GET", poll.url, reply_body))
@@ -131,8 +138,13 @@ class AiohttpPolling:
             wall_clock=time.time,
             read_timeout=session.timeout.sock_read,
         )
-        await adrive(flow, send, self._sleep)
+        try:
+            await adrive(flow, send, self._sleep)
+        except BaseException as exc:
+            trace.ended(None, exc)
+            raise
         final = history[-1]
+        trace.ended(final.status)
         final._history = tuple(history[:-1])
         setattr(final, HOPS_ATTRIBUTE, hops)
         return final

@@ -287,19 +287,13 @@ class PollingTransport(httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if not self._shell.prepare(request):
             return self._inner.handle_request(request)
-        trace = (
-            telemetry.ClientTrace(request.method, str(request.url)) if telemetry.ENABLED else None
-        )
-        if trace is not None:
-            trace.inject_start(request.headers)
+        trace = telemetry.client_trace(request.method, str(request.url), request.headers)
         response = self._inner.handle_request(request)
         body = response.read() if wants_body(response, request) else b""
         if not needs_following(response, request, body):
-            if trace is not None:
-                trace.started(response.status_code, deferred=False)
+            trace.started(response.status_code, deferred=False)
             return response  # untouched, still streamable unless its body decided
-        if trace is not None:
-            trace.started(response.status_code, deferred=True)
+        trace.started(response.status_code, deferred=True)
         first = observe(response, request, response.read())
         response.close()
         history = [response]
@@ -312,17 +306,14 @@ class PollingTransport(httpx.BaseTransport):
             auth = self._auth if carries_credentials(str(request.url), str(poll_req.url)) else None
             if (no := refused(self._breaker, str(poll_req.url))) is not None:
                 return no
-            if trace is not None:
-                trace.poll(str(poll_req.url), poll_req.headers)
+            trace.poll(str(poll_req.url), poll_req.headers)
             try:
                 reply = send_authenticated(self._inner, poll_req, auth)
                 body = reply.read()
             except httpx.TransportError as exc:
-                if trace is not None:
-                    trace.polled(0, {}, error=exc)
+                trace.polled(0, {}, error=exc)
                 return report(self._breaker, observe_error(exc, poll_req))
-            if trace is not None:
-                trace.polled(reply.status_code, reply.headers)
+            trace.polled(reply.status_code, reply.headers)
             reply.close()
             reply.request = poll_req
             cookies.keep(reply, poll_req)
@@ -332,11 +323,9 @@ class PollingTransport(httpx.BaseTransport):
         try:
             drive(self._shell.flow(request, first, hops), send, self._sleep)
         except BaseException as exc:
-            if trace is not None:
-                trace.ended(None, exc)
+            trace.ended(None, exc)
             raise
-        if trace is not None:
-            trace.ended(history[-1].status_code)
+        trace.ended(history[-1].status_code)
         return finish(history[-1], history, hops)
 
     def close(self) -> None:
@@ -367,19 +356,13 @@ class AsyncPollingTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if not self._shell.prepare(request):
             return await self._inner.handle_async_request(request)
-        trace = (
-            telemetry.ClientTrace(request.method, str(request.url)) if telemetry.ENABLED else None
-        )
-        if trace is not None:
-            trace.inject_start(request.headers)
+        trace = telemetry.client_trace(request.method, str(request.url), request.headers)
         response = await self._inner.handle_async_request(request)
         body = await response.aread() if wants_body(response, request) else b""
         if not needs_following(response, request, body):
-            if trace is not None:
-                trace.started(response.status_code, deferred=False)
+            trace.started(response.status_code, deferred=False)
             return response  # untouched, still streamable unless its body decided
-        if trace is not None:
-            trace.started(response.status_code, deferred=True)
+        trace.started(response.status_code, deferred=True)
         first = observe(response, request, await response.aread())
         await response.aclose()
         history = [response]
@@ -392,17 +375,14 @@ class AsyncPollingTransport(httpx.AsyncBaseTransport):
             auth = self._auth if carries_credentials(str(request.url), str(poll_req.url)) else None
             if (no := refused(self._breaker, str(poll_req.url))) is not None:
                 return no
-            if trace is not None:
-                trace.poll(str(poll_req.url), poll_req.headers)
+            trace.poll(str(poll_req.url), poll_req.headers)
             try:
                 reply = await asend_authenticated(self._inner, poll_req, auth)
                 body = await reply.aread()
             except httpx.TransportError as exc:
-                if trace is not None:
-                    trace.polled(0, {}, error=exc)
+                trace.polled(0, {}, error=exc)
                 return report(self._breaker, observe_error(exc, poll_req))
-            if trace is not None:
-                trace.polled(reply.status_code, reply.headers)
+            trace.polled(reply.status_code, reply.headers)
             await reply.aclose()
             reply.request = poll_req
             cookies.keep(reply, poll_req)
@@ -412,11 +392,9 @@ class AsyncPollingTransport(httpx.AsyncBaseTransport):
         try:
             await adrive(self._shell.flow(request, first, hops), send, self._sleep)
         except BaseException as exc:
-            if trace is not None:
-                trace.ended(None, exc)
+            trace.ended(None, exc)
             raise
-        if trace is not None:
-            trace.ended(history[-1].status_code)
+        trace.ended(history[-1].status_code)
         return finish(history[-1], history, hops)
 
     async def aclose(self) -> None:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .. import _telemetry as telemetry
 from .. import _testing
 from .._errors import MissingExtraError
 from ..core import _poll as flow
@@ -73,6 +74,22 @@ class PollingAdapter(HTTPAdapter):
         self._auth = auth
         self._breaker = breaker_for(self.options.circuit_breaker)
 
+    def _poll_request(
+        self,
+        original: requests.PreparedRequest,
+        poll: flow.Poll,
+        jar: requests.cookies.RequestsCookieJar,
+    ) -> requests.PreparedRequest:
+        """The GET for ``poll``: the core's header fields, the jar's cookies, ``auth`` if due."""
+        url = original.url or ""
+        bare = requests.Request("GET", poll.url).prepare()
+        cookies: str | None = requests.cookies.get_cookie_header(jar, bare)  # type: ignore[no-untyped-call]
+        headers = flow.poll_headers(original.headers, url, poll, cookies)
+        prepared = requests.Request("GET", poll.url, headers=headers).prepare()
+        if self._auth is not None and flow.carries_credentials(url, poll.url):
+            prepared = self._auth(prepared)
+        return prepared
+
     def send(  # noqa: PLR0917 - requests' own signature
         self,
         request: requests.PreparedRequest,
@@ -90,15 +107,18 @@ class PollingAdapter(HTTPAdapter):
             "cert": cert,
             "proxies": proxies,
         }
-        response = super().send(request, stream=stream, **settings)
         method, url = request.method or "GET", request.url or ""
+        trace = telemetry.client_trace(method, url, request.headers)
+        response = super().send(request, stream=stream, **settings)
         content_type = response.headers.get("content-type", "")
         body = (
             response.content
             if flow.may_need_body(method, response.status_code, content_type)
             else b""
         )
-        if not flow.needs_polling(_observe(response, method, url, body)):
+        deferred = flow.needs_polling(_observe(response, method, url, body))
+        trace.started(response.status_code, deferred=deferred)
+        if not deferred:
             return response
         first = _observe(response, method, url, response.content)
         jar = requests.cookies.RequestsCookieJar()  # what the server sets while polled
@@ -113,27 +133,25 @@ class PollingAdapter(HTTPAdapter):
                 user_callback(hop)
 
         def send_poll(poll: flow.Poll) -> flow.Observed:
-            bare = requests.Request("GET", poll.url).prepare()
-            cookies: str | None = requests.cookies.get_cookie_header(jar, bare)  # type: ignore[no-untyped-call]
-            headers = flow.poll_headers(request.headers, url, poll, cookies)
-            prepared = requests.Request("GET", poll.url, headers=headers).prepare()
-            if self._auth is not None and flow.carries_credentials(url, poll.url):
-                prepared = self._auth(prepared)
+            prepared = self._poll_request(request, poll, jar)
             timeout = settings["timeout"]
             if poll.read_timeout is not None:  # a held poll: wait out its hold
                 connect = timeout[0] if isinstance(timeout, tuple) else timeout
                 timeout = (connect, poll.read_timeout)
             if (no := refused(self._breaker, poll.url)) is not None:
                 return no
+            trace.poll(poll.url, prepared.headers)
             try:
                 reply = super(PollingAdapter, self).send(
                     prepared, stream=False, **{**settings, "timeout": timeout}
                 )
             except (requests.ConnectionError, requests.Timeout) as exc:
+                trace.polled(0, {}, error=exc)
                 failed = flow.Observed(
                     method="GET", status=0, headers={}, url=poll.url, at=time.monotonic(), error=exc
                 )
                 return report(self._breaker, failed)
+            trace.polled(reply.status_code, reply.headers)
             history.append(reply)
             jar.update(reply.cookies)
             return report(self._breaker, _observe(reply, "GET", poll.url, reply.content))
@@ -142,8 +160,13 @@ class PollingAdapter(HTTPAdapter):
         steps = flow.poll_flow(
             first, options, wall_clock=time.time, read_timeout=_read_timeout(timeout)
         )
-        drive(steps, send_poll, self._sleep)
+        try:
+            drive(steps, send_poll, self._sleep)
+        except BaseException as exc:
+            trace.ended(None, exc)
+            raise
         final = history[-1]
+        trace.ended(final.status_code)
         final.history = history[:-1]
         final.repoll_hops = hops  # type: ignore[attr-defined]
         return final
