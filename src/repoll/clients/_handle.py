@@ -123,8 +123,8 @@ class _Handle:
         if self._monitor:
             # A monitor's answer only says where the operation is; the flow
             # (wait) fetches the result and says when it is done.
-            if observed.status < 300 and monitors.looks_like_monitor(observed):
-                state = monitors.state_of(monitors.json_object(observed.body)["status"])  # type: ignore[index]
+            state = monitors.monitor_answer(observed)
+            if state is not None:
                 self.status = OperationStatus(monitors.handle_state(state))
             return
         if is_polling_response(observed):
@@ -256,7 +256,7 @@ class _Handle:
     def _resumed_on_monitor(self) -> None:
         """A handle resumed on a URL whose answer is a status monitor's: follow it as one."""
         last = self._last
-        if self._first is None and last is not None and monitors.looks_like_monitor(last):
+        if self._first is None and last is not None and monitors.monitor_answer(last) is not None:
             # The response that named this monitor is gone: one that names it
             # stands in (its result is the monitor's resourceLocation, if any).
             standing = Observed(

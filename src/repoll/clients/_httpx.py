@@ -18,6 +18,7 @@ from typing import Any
 from .. import _telemetry as telemetry
 from .. import _testing
 from .._errors import MissingExtraError
+from .._telemetry import ClientTrace
 from ..core._poll import (
     Hop,
     Observed,
@@ -196,11 +197,21 @@ async def asend_authenticated(
 
 
 class _Shell:
-    """What both transports share: options, the first request, the history."""
+    """What both transports share: options, auth, the breaker, the first request."""
 
-    def __init__(self, options: PollOptions | None) -> None:
+    def __init__(self, options: PollOptions | None, auth: PollAuth | None) -> None:
         self.options = options or PollOptions()
         self._first_headers = first_request_headers(self.options)
+        self.auth = as_auth(auth)
+        self.breaker = breaker_for(self.options.circuit_breaker)
+
+    def deferred(
+        self, request: httpx.Request, response: httpx.Response, body: bytes, trace: ClientTrace
+    ) -> bool:
+        """Whether ``response`` starts an operation to follow (and the trace says so)."""
+        follow = needs_following(response, request, body)
+        trace.started(response.status_code, deferred=follow)
+        return follow
 
     def options_for(self, request: httpx.Request) -> PollOptions:
         per_request = request.extensions.get(OPTIONS_EXTENSION)
@@ -242,6 +253,64 @@ def read_timeout_of(request: httpx.Request) -> float | None:
     return float(read) if isinstance(read, int | float) else None
 
 
+class _Following:
+    """One followed request: all of both transports' work but the I/O.
+
+    The transports differ only in how they send a request and read its body
+    (blocking or awaited); everything around that (the poll's fields and
+    cookies, the breaker, the trace, the history) is decided here, once.
+    """
+
+    def __init__(
+        self,
+        shell: _Shell,
+        request: httpx.Request,
+        response: httpx.Response,
+        body: bytes,
+        trace: ClientTrace,
+    ) -> None:
+        self._shell = shell
+        self._request = request
+        self._trace = trace
+        self.first = observe(response, request, body)
+        self.history = [response]
+        self.hops: list[Hop] = []
+        self._cookies = PollCookies()
+        self._cookies.keep(response, request)
+
+    def flow(self) -> Flow:
+        return self._shell.flow(self._request, self.first, self.hops)
+
+    def poll_request(self, poll: Poll) -> tuple[httpx.Request, httpx.Auth | None] | Observed:
+        """The GET to send and the auth to run for it; or, refused by the breaker, the answer."""
+        request = poll_request(self._request, poll, self._cookies)
+        url = str(request.url)
+        if (no := refused(self._shell.breaker, url)) is not None:
+            return no
+        self._trace.poll(url, request.headers)
+        same = carries_credentials(str(self._request.url), url)
+        return request, self._shell.auth if same else None
+
+    def failed(self, error: httpx.TransportError, request: httpx.Request) -> Observed:
+        self._trace.polled(0, {}, error=error)
+        return report(self._shell.breaker, observe_error(error, request))
+
+    def answered(self, reply: httpx.Response, request: httpx.Request, body: bytes) -> Observed:
+        self._trace.polled(reply.status_code, reply.headers)
+        reply.request = request
+        self._cookies.keep(reply, request)
+        self.history.append(reply)
+        return report(self._shell.breaker, observe(reply, request, body))
+
+    def aborted(self, error: BaseException) -> None:
+        self._trace.ended(None, error)
+
+    def result(self) -> httpx.Response:
+        final = self.history[-1]
+        self._trace.ended(final.status_code)
+        return finish(final, self.history, self.hops)
+
+
 def finish(final: httpx.Response, history: list[httpx.Response], hops: list[Hop]) -> httpx.Response:
     """Mark the final response with the way it was reached.
 
@@ -279,54 +348,40 @@ class PollingTransport(httpx.BaseTransport):
         auth: PollAuth | None = None,
     ) -> None:
         self._inner = transport or httpx.HTTPTransport()
-        self._shell = _Shell(options)
+        self._shell = _Shell(options, auth)
         self._sleep = sleep or _testing.sleep
-        self._auth = as_auth(auth)
-        self._breaker = breaker_for(self._shell.options.circuit_breaker)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if not self._shell.prepare(request):
+        shell = self._shell
+        if not shell.prepare(request):
             return self._inner.handle_request(request)
         trace = telemetry.client_trace(request.method, str(request.url), request.headers)
         response = self._inner.handle_request(request)
         body = response.read() if wants_body(response, request) else b""
-        if not needs_following(response, request, body):
-            trace.started(response.status_code, deferred=False)
+        if not shell.deferred(request, response, body, trace):
             return response  # untouched, still streamable unless its body decided
-        trace.started(response.status_code, deferred=True)
-        first = observe(response, request, response.read())
+        following = _Following(shell, request, response, response.read(), trace)
         response.close()
-        history = [response]
-        hops: list[Hop] = []
-        cookies = PollCookies()
-        cookies.keep(response, request)
 
         def send(poll: Poll) -> Observed:
-            poll_req = poll_request(request, poll, cookies)
-            auth = self._auth if carries_credentials(str(request.url), str(poll_req.url)) else None
-            if (no := refused(self._breaker, str(poll_req.url))) is not None:
-                return no
-            trace.poll(str(poll_req.url), poll_req.headers)
+            step = following.poll_request(poll)
+            if isinstance(step, Observed):
+                return step
+            poll_req, auth = step
             try:
                 reply = send_authenticated(self._inner, poll_req, auth)
                 body = reply.read()
             except httpx.TransportError as exc:
-                trace.polled(0, {}, error=exc)
-                return report(self._breaker, observe_error(exc, poll_req))
-            trace.polled(reply.status_code, reply.headers)
+                return following.failed(exc, poll_req)
             reply.close()
-            reply.request = poll_req
-            cookies.keep(reply, poll_req)
-            history.append(reply)
-            return report(self._breaker, observe(reply, poll_req, body))
+            return following.answered(reply, poll_req, body)
 
         try:
-            drive(self._shell.flow(request, first, hops), send, self._sleep)
+            drive(following.flow(), send, self._sleep)
         except BaseException as exc:
-            trace.ended(None, exc)
+            following.aborted(exc)
             raise
-        trace.ended(history[-1].status_code)
-        return finish(history[-1], history, hops)
+        return following.result()
 
     def close(self) -> None:
         self._inner.close()
@@ -348,54 +403,40 @@ class AsyncPollingTransport(httpx.AsyncBaseTransport):
         auth: PollAuth | None = None,
     ) -> None:
         self._inner = transport or httpx.AsyncHTTPTransport()
-        self._shell = _Shell(options)
+        self._shell = _Shell(options, auth)
         self._sleep = sleep or _testing.asleep
-        self._auth = as_auth(auth)
-        self._breaker = breaker_for(self._shell.options.circuit_breaker)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if not self._shell.prepare(request):
+        shell = self._shell
+        if not shell.prepare(request):
             return await self._inner.handle_async_request(request)
         trace = telemetry.client_trace(request.method, str(request.url), request.headers)
         response = await self._inner.handle_async_request(request)
         body = await response.aread() if wants_body(response, request) else b""
-        if not needs_following(response, request, body):
-            trace.started(response.status_code, deferred=False)
+        if not shell.deferred(request, response, body, trace):
             return response  # untouched, still streamable unless its body decided
-        trace.started(response.status_code, deferred=True)
-        first = observe(response, request, await response.aread())
+        following = _Following(shell, request, response, await response.aread(), trace)
         await response.aclose()
-        history = [response]
-        hops: list[Hop] = []
-        cookies = PollCookies()
-        cookies.keep(response, request)
 
         async def send(poll: Poll) -> Observed:
-            poll_req = poll_request(request, poll, cookies)
-            auth = self._auth if carries_credentials(str(request.url), str(poll_req.url)) else None
-            if (no := refused(self._breaker, str(poll_req.url))) is not None:
-                return no
-            trace.poll(str(poll_req.url), poll_req.headers)
+            step = following.poll_request(poll)
+            if isinstance(step, Observed):
+                return step
+            poll_req, auth = step
             try:
                 reply = await asend_authenticated(self._inner, poll_req, auth)
                 body = await reply.aread()
             except httpx.TransportError as exc:
-                trace.polled(0, {}, error=exc)
-                return report(self._breaker, observe_error(exc, poll_req))
-            trace.polled(reply.status_code, reply.headers)
+                return following.failed(exc, poll_req)
             await reply.aclose()
-            reply.request = poll_req
-            cookies.keep(reply, poll_req)
-            history.append(reply)
-            return report(self._breaker, observe(reply, poll_req, body))
+            return following.answered(reply, poll_req, body)
 
         try:
-            await adrive(self._shell.flow(request, first, hops), send, self._sleep)
+            await adrive(following.flow(), send, self._sleep)
         except BaseException as exc:
-            trace.ended(None, exc)
+            following.aborted(exc)
             raise
-        trace.ended(history[-1].status_code)
-        return finish(history[-1], history, hops)
+        return following.result()
 
     async def aclose(self) -> None:
         await self._inner.aclose()

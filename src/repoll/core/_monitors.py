@@ -174,12 +174,18 @@ def final_target(first: Observed, monitor: Observed, final_state_via: FinalState
     return None
 
 
-def looks_like_monitor(response: Observed) -> bool:
-    """A status monitor's answer, seen without the response that named it (a resumed handle)."""
+def monitor_answer(response: Observed) -> MonitorState | None:
+    """What ``response`` says if it reads as a status monitor's answer, else None.
+
+    For a handle, which may see a monitor without the response that named it
+    (resumed from its URL): a 200/202 without ``Operation-Status`` whose
+    JSON has a string ``status``.
+    """
     if response.status not in (200, 202) or "operation-status" in response.headers:
-        return False
+        return None
     document = json_object(response.body)
-    return document is not None and isinstance(document.get("status"), str)
+    status = None if document is None else document.get("status")
+    return state_of(status) if isinstance(status, str) else None
 
 
 def handle_state(state: MonitorState) -> str:
