@@ -112,3 +112,17 @@ def test_another_key_does_not_see_the_operation(live):
         handle = repoll.OperationHandle.start(client, "POST", f"{live.url}/start_work", json=JOB)
     other = httpx.get(handle.url, headers={"X-API-Key": "key-of-mallory"}, timeout=30)
     assert other.status_code == 404
+
+
+def test_aiohttp_keeps_the_polls_and_hops_on_the_final_response(live):
+    import aiohttp
+
+    async def go() -> tuple[int, int, int]:
+        session = aiohttp.ClientSession(headers=KEY, middlewares=(repoll.aiohttp_polling(),))
+        async with session, session.post(f"{live.url}/start_work", json=JOB) as response:
+            return response.status, len(response.repoll_history), len(response.repoll_hops)
+
+    status, polls, hops = asyncio.run(go())
+    assert status == 200
+    assert polls >= 1  # the start's 303, and any poll before the last
+    assert hops == polls + 1

@@ -42,6 +42,7 @@ except ModuleNotFoundError as exc:
     raise MissingExtraError("aiohttp", "aiohttp") from exc
 
 HOPS_ATTRIBUTE = "repoll_hops"
+HISTORY_ATTRIBUTE = "repoll_history"
 
 
 def _observe(response: aiohttp.ClientResponse, method: str, url: str, body: bytes) -> Observed:
@@ -60,8 +61,9 @@ class AiohttpPolling:
     """An aiohttp client middleware: a deferred request becomes one ordinary call.
 
     Made by :func:`aiohttp_polling`. The final response carries the hops in
-    ``response.repoll_hops``; the polling responses are in
-    ``response.history`` (aiohttp's own redirects stay in theirs).
+    ``response.repoll_hops`` and the polling responses in
+    ``response.repoll_history``: ``response.history`` is aiohttp's, which it
+    sets to its own redirects after the middlewares return.
     """
 
     def __init__(self, options: PollOptions | None, sleep: AsyncSleeper | None) -> None:
@@ -145,7 +147,7 @@ class AiohttpPolling:
             raise
         final = history[-1]
         trace.ended(final.status)
-        final._history = tuple(history[:-1])
+        setattr(final, HISTORY_ATTRIBUTE, history[:-1])
         setattr(final, HOPS_ATTRIBUTE, hops)
         return final
 
