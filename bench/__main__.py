@@ -120,7 +120,7 @@ def main() -> None:
         (RESULTS / "defaults.json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
 
     if "polling" in chosen:
-        count, clients = (12, 4) if args.smoke else (200, 50)
+        count, clients = (8, 4) if args.smoke else (200, 50)
         print(f"polling strategies: {count} operations, {clients} concurrent clients", flush=True)
         rows = polling.run(count, clients, smoke=args.smoke)
         print(table(rows, polling.COLUMNS), flush=True)
@@ -130,7 +130,7 @@ def main() -> None:
     if missing:
         print(f"\ndistributed: skipped, needs {', '.join(missing)} on 127.0.0.1", flush=True)
     elif "distributed" in chosen:
-        count, clients = (12, 4) if args.smoke else (200, 50)
+        count, clients = (8, 4) if args.smoke else (200, 50)
         print(f"\ndistributed: {count} operations, {clients} clients, 2 instances + 1 worker")
         rows = distributed.run(count, clients, smoke=args.smoke)
         print(table(rows, polling.COLUMNS), flush=True)

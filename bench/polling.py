@@ -206,7 +206,7 @@ def summarise(name: str, outcomes: list[Outcome], cpu: float, wall: float) -> di
 def run(count: int, clients: int, *, smoke: bool = False) -> list[dict[str, object]]:
     jobs = durations(count)
     if smoke:
-        jobs = [min(j, 1.5) for j in jobs]
+        jobs = [min(j, 0.6) for j in jobs]
     rows = []
     for name, (strategy, polling) in STRATEGIES.items():
         with (
@@ -243,7 +243,7 @@ def run_defaults(count: int, clients: int, *, smoke: bool = False) -> list[dict[
     """The client as shipped (httpx's 5 s timeout, no PollOptions) beside fixed 1 s polling."""
     jobs = default_durations(count)
     if smoke:
-        jobs = [min(j, 1.5) for j in jobs]
+        jobs = [min(j, 0.6) for j in jobs]
     rows = []
     for name, (strategy, polling) in DEFAULTS.items():
         with (

@@ -14,7 +14,7 @@ from repoll.core._headers import new_operation_id
 from repoll.core._model import Operation
 from repoll.executors._celery import NotTransferable, decode_arguments, encode_arguments
 from repoll.executors._celery_worker import WORKER_ID, _claim, execute
-from repoll.server._deferral import endpoint_name
+from repoll.server._endpoints import endpoint_name
 
 
 class Spec(BaseModel):

@@ -95,13 +95,11 @@ def test_serve_finds_an_app_module_in_the_working_directory(tmp_path):
 
 
 def test_serve_max_hold_sets_the_servers_pacing(monkeypatch):
-    import uvicorn
-
     from repoll.cli import _main
     from repoll.server._engine import MAX_HOLD_ENV, pacing_from_environment
 
     ran = []
-    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: ran.append(kwargs))
+    monkeypatch.setattr(_main, "_run_server", lambda config, what: ran.append(config) or 0)
     # serve exports its settings to the environment: a copy, restored after.
     monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if k != MAX_HOLD_ENV})
     assert _main.main(["serve", "--max-hold", "1.5"]) == 0

@@ -32,6 +32,11 @@ FORBIDDEN = frozenset(
         "psycopg",
         "celery",
         "sqlite3",
+        "aiohttp",
+        "a2wsgi",
+        "django",
+        "flask",
+        "litestar",
     }
 )
 

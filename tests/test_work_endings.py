@@ -25,7 +25,7 @@ from repoll import InProcessExecutor, MemoryStore, OperationCanceled, OperationS
 from repoll.core._headers import new_operation_id
 from repoll.core._model import Operation
 from repoll.executors._celery_worker import execute
-from repoll.server._deferral import endpoint_name
+from repoll.server._endpoints import endpoint_name
 
 pytestmark = pytest.mark.anyio
 
@@ -294,3 +294,33 @@ def test_remote_executors_are_known_by_their_protocol():
 
     elsewhere = ElsewhereExecutor()
     assert remote_executor(elsewhere) is elsewhere
+
+
+async def test_a_view_that_defers_itself_runs_here_even_with_a_remote_executor():
+    # The rest of a view cannot be sent to a Celery worker: it runs here, and
+    # the operation is started here (not left "queued" for a worker that
+    # never hears of it). Nothing is sent to the broker.
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from repoll import CeleryExecutor
+
+    async def view(request):
+        running = await repoll.defer()
+        await asyncio.sleep(0.2)
+        return JSONResponse({"id": running.id})
+
+    app = Starlette(routes=[Route("/work", view, methods=["POST"])])
+    executor = CeleryExecutor(broker="memory://")
+    middleware = repoll.PollingMiddleware(app, store=repoll.MemoryStore(), executor=executor)
+    transport = httpx.ASGITransport(app=middleware)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        started = await client.post("/work", headers={"prefer": "respond-async"})
+        operation = started.headers["location"]
+        status = await client.get(operation, headers={"prefer": "wait=0"})
+        assert status.headers["operation-status"] == "running"
+        final = await client.get(operation, headers={"prefer": "wait=5"})
+        assert final.status_code == 200
+        assert final.headers["operation-status"] == "succeeded"
+    await middleware.server.close()

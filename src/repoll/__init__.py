@@ -24,11 +24,15 @@ _PUBLIC: dict[str, str] = {
     "install": ".server._install",
     "PollingMiddleware": ".server._middleware",
     "PollingServer": ".server._engine",
-    "deferred": ".server._deferral",
-    "defer": ".server._deferral",
+    "deferred": ".server._endpoints",
+    "defer": ".server._endpoints",
+    "defer_sync": ".server._endpoints",
+    "wsgi": ".server._wsgi",
+    "django_app": ".server._django",
+    "litestar_app": ".server._litestar",
     "deferrable": ".server._routes",
-    "report_progress": ".server._deferral",
-    "current_operation": ".server._deferral",
+    "report_progress": ".server._endpoints",
+    "current_operation": ".server._endpoints",
     "WorkContext": ".server._deferral",
     "RunningOperation": ".server._deferral",
     "cookie_principal": ".server._principal",
@@ -120,14 +124,18 @@ else:
     from .executors._in_process import InProcessExecutor as InProcessExecutor
     from .server._deferral import RunningOperation as RunningOperation
     from .server._deferral import WorkContext as WorkContext
-    from .server._deferral import current_operation as current_operation
-    from .server._deferral import defer as defer
-    from .server._deferral import deferred as deferred
-    from .server._deferral import report_progress as report_progress
+    from .server._django import django_app as django_app
+    from .server._endpoints import current_operation as current_operation
+    from .server._endpoints import defer as defer
+    from .server._endpoints import defer_sync as defer_sync
+    from .server._endpoints import deferred as deferred
+    from .server._endpoints import report_progress as report_progress
     from .server._engine import PollingServer as PollingServer
     from .server._install import install as install
+    from .server._litestar import litestar_app as litestar_app
     from .server._middleware import PollingMiddleware as PollingMiddleware
     from .server._principal import cookie_principal as cookie_principal
     from .server._routes import deferrable as deferrable
+    from .server._wsgi import wsgi as wsgi
     from .stores._sqlite import SQLiteStore as SQLiteStore
     from .stores._store import MemoryStore as MemoryStore

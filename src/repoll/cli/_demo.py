@@ -24,7 +24,7 @@ try:  # FastAPI brings pydantic
 except ModuleNotFoundError as exc:
     raise MissingExtraError("cli", "fastapi") from exc
 
-from ..server._deferral import defer, deferred, report_progress
+from ..server._endpoints import defer, deferred, report_progress
 from ..server._engine import PollingServer
 from ..server._install import install
 from ..server._routes import deferrable

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import os
 import socket
@@ -158,9 +159,8 @@ def serve(
     for name, value in settings.items():
         if value:
             os.environ[name] = value  # worker processes inherit them
-    app = target or DEMO_APP
-    uvicorn.run(
-        app,
+    config = uvicorn.Config(
+        target or DEMO_APP,
         host=host,
         port=port,
         factory=factory or target is None,
@@ -168,7 +168,43 @@ def serve(
         workers=workers,
         forwarded_allow_ips=forwarded_allow_ips,
     )
-    return 0
+    return _run_server(config, "the demo app" if target is None else target)
+
+
+def _run_server(config: Any, what: str) -> int:
+    """uvicorn.run, saying on stdout where it listens once it accepts connections."""
+    import uvicorn  # noqa: PLC0415
+    from uvicorn.supervisors import Multiprocess  # noqa: PLC0415
+
+    url = f"http://{config.host}:{config.port}"
+    ready = f"repoll serve: {what} listening on {url} (Ctrl-C stops it)"
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started and config.workers == 1:
+                print(ready, flush=True)
+
+    server = Server(config)
+    try:
+        if config.workers > 1:
+            # The socket is bound (and accepting) before the workers start.
+            sock = config.bind_socket()
+            print(ready, flush=True)
+            # uvicorn up to 0.3x takes the worker's target; later ones build it.
+            takes_target = "target" in inspect.signature(Multiprocess).parameters
+            extra: dict[str, Any] = {"target": server.run} if takes_target else {}
+            Multiprocess(config, sockets=[sock], **extra).run()
+        else:
+            server.run()
+    except OSError as exc:  # the port is taken, or not ours to bind
+        print(f"repoll: cannot listen on {url}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except SystemExit as exc:  # uvicorn logged why (the port is taken, the app failed)
+        return EXIT_FAILURE if exc.code else EXIT_OK
+    if config.workers == 1 and not server.started:
+        return EXIT_FAILURE  # uvicorn logged why
+    return EXIT_OK
 
 
 def check_command(args: argparse.Namespace) -> int:

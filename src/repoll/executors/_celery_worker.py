@@ -191,7 +191,8 @@ async def execute(
     payload: dict[str, Any], *, rerun: bool = False, runtime: WorkerRuntime | None = None
 ) -> None:
     """Run one operation on this worker and store its outcome."""
-    from ..server._deferral import ENDPOINTS, _current_operation  # noqa: PLC0415 - avoid a cycle
+    from ..server._deferral import _current_operation  # noqa: PLC0415 - avoid a cycle
+    from ..server._endpoints import ENDPOINTS  # noqa: PLC0415
 
     if runtime is not None:
         store = await runtime.store_for(payload)

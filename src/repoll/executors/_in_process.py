@@ -136,6 +136,10 @@ class InProcessExecutor:
         self._waiting = 0
         self._threads: ThreadPoolExecutor | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        # Called in the thread after each piece of sync work, whatever it did:
+        # what the framework does at the end of a request (Django closes the
+        # thread's database connections), for work outside any request.
+        self.after_thread_work: Callable[[], object] | None = None
 
     @property
     def concurrency(self) -> int:
@@ -164,7 +168,15 @@ class InProcessExecutor:
             )
         context = contextvars.copy_context()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._threads, functools.partial(context.run, fn))
+        work = fn if self.after_thread_work is None else functools.partial(self._then_tidy, fn)
+        return await loop.run_in_executor(self._threads, functools.partial(context.run, work))
+
+    def _then_tidy(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        finally:
+            if self.after_thread_work is not None:
+                self.after_thread_work()
 
     def track(self, operation_id: str, task: asyncio.Task[None]) -> None:
         self._tasks[operation_id] = task

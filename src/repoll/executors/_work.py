@@ -116,8 +116,13 @@ class WorkHandle:
         # Sync work in a thread cannot be interrupted and must check
         # ``cancel_requested``. Work that has already ended is left to record
         # its own outcome.
-        if not self._in_thread and not self.work_done and self._task is not None:
-            self._task.cancel()
+        task = self._task
+        if self._in_thread or self.work_done or task is None:
+            return
+        if task.get_loop() is self._loop:
+            task.cancel()
+        else:  # async work on another thread's loop (a sync framework's async view)
+            task.get_loop().call_soon_threadsafe(task.cancel)
 
 
 def ending_of(raised: BaseException | None) -> Ending:

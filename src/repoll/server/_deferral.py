@@ -30,13 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
-import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 
 from .. import _telemetry as telemetry
 from .._errors import DuplicateOperation, NotDeferrableError, StoreUnavailable
@@ -52,9 +50,7 @@ from ..core._headers import (
 )
 from ..core._model import Operation, StoredResponse
 from ..core._status import Event, OperationStatus
-from ..executors._in_process import RemoteCall, remote_executor
 from ..executors._work import WorkHandle
-from ._routes import DEFERRED_MARK
 from ._scope import ASGIApp, Message, Receive, Scope, Send, first_header
 
 if TYPE_CHECKING:
@@ -77,8 +73,15 @@ class RunningOperation(WorkHandle):
     keeps its copy of the record.
     """
 
-    def __init__(self, server: PollingServer, operation: Operation, url: str, quota: str) -> None:
-        super().__init__(operation, url, asyncio.current_task())
+    def __init__(
+        self,
+        server: PollingServer,
+        operation: Operation,
+        url: str,
+        quota: str,
+        task: asyncio.Task[Any] | None = None,
+    ) -> None:
+        super().__init__(operation, url, task or asyncio.current_task())
         self.server = server
         self.quota = quota  # whose admission this operation holds
 
@@ -173,6 +176,8 @@ class DeferrableRequest:
         self._captured_size = 0
         self._captured_complete = False
         self._work_span: telemetry.WorkSpan | None = None
+        self.loop = asyncio.get_running_loop()
+        self.app_task: asyncio.Task[Any] | None = None  # the task running the app
 
     # --- what the app sees ------------------------------------------------------
 
@@ -181,6 +186,11 @@ class DeferrableRequest:
             return {"type": "http.disconnect"}
         if self.running is None:
             message = await self._receive()
+            if self.running is not None and message["type"] == "http.disconnect":
+                # The app was already listening when it deferred (Django
+                # listens for the client leaving while its view runs): the
+                # client leaving after its 303 is not the work's business.
+                return await self._never()
             if message["type"] == "http.request":
                 self._count_body(message)
                 if self._always_defers and self._body_size > self.server.max_body_size:
@@ -192,8 +202,11 @@ class DeferrableRequest:
         if self._replay:
             chunk = self._replay.pop(0)
             return {"type": "http.request", "body": chunk, "more_body": bool(self._replay)}
-        # The client has its answer; the work must not see it leave. Block
-        # until the task is cancelled (which only cancellation does).
+        # The client has its answer; the work must not see it leave.
+        return await self._never()
+
+    async def _never(self) -> Message:
+        """Block until the task is cancelled (which only cancellation does)."""
         await asyncio.get_running_loop().create_future()
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -235,7 +248,21 @@ class DeferrableRequest:
 
     # --- defer() ------------------------------------------------------------------
 
-    async def defer(self) -> RunningOperation:
+    async def defer(
+        self,
+        *,
+        task: asyncio.Task[Any] | None = None,
+        in_thread: bool = False,
+        handing_off: bool = False,
+    ) -> RunningOperation:
+        """Turn the request into an operation; ``task`` is what cancels its work.
+
+        By default the task calling this; ``in_thread`` marks work in a thread,
+        which only its own checks of ``cancel_requested`` can stop.
+        ``handing_off``: the work goes to a remote executor's worker, which
+        starts the operation itself; otherwise it runs here, whatever the
+        executor (the rest of a view cannot be sent elsewhere).
+        """
         if self.running is not None:
             return self.running
         if self._response_started:
@@ -268,7 +295,9 @@ class DeferrableRequest:
             await self._release_slot()
             server.admission.release(quota)
             raise
-        running = RunningOperation(server, op, server.operation_url(self.scope, op.id), quota)
+        url = server.operation_url(self.scope, op.id)
+        running = RunningOperation(server, op, url, quota, task)
+        running._in_thread = in_thread
         self.running = running
         if telemetry.active():
             self._work_span = telemetry.WorkSpan(self.scope["headers"], op.id, op.endpoint)
@@ -279,8 +308,7 @@ class DeferrableRequest:
             self.decided.set_result(running)
         # From here on the client has (or is about to get) its redirect; the
         # rest of the endpoint is the operation's work.
-        if op.status is OperationStatus.QUEUED and remote_executor(server.executor) is None:
-            # (A remote executor's worker starts the operation itself.)
+        if op.status is OperationStatus.QUEUED and not handing_off:
             await self._take_slot(op.id)
             if running.cancel_requested:
                 raise asyncio.CancelledError
@@ -376,6 +404,7 @@ class DeferrableRequest:
 
     async def run_app(self, app: ASGIApp) -> None:
         _current_request.set(self)
+        self.app_task = asyncio.current_task()
         interrupted: BaseException | None = None
         try:
             await app(self.scope, self.receive, self.send)
@@ -383,9 +412,16 @@ class DeferrableRequest:
             if self.running is None:
                 raise
             interrupted = exc
+        finally:
+            self.app_task = None  # a reference cycle otherwise (see below)
         running = self.running
         if running is None:
             return
+        if interrupted is None and running.cancel_requested and self._ended_in_error():
+            # Frameworks turn what a view raises into a response (Django and
+            # Flask answer 500; Django answers nothing for a view task it
+            # cancelled): work asked to stop that ends so was canceled.
+            interrupted = asyncio.CancelledError()
         running.work_done = True
         # The task, its context and this request reference each other through
         # the handle: drop that edge now, so that each request is freed by
@@ -420,6 +456,13 @@ class DeferrableRequest:
                 self._work_span.end(_outcome_name(response, interrupted, running))
         finally:
             self.server.untrack(running)
+
+    def _ended_in_error(self) -> bool:
+        return (
+            self._captured_status is None
+            or not self._captured_complete
+            or self._captured_status >= 500
+        )
 
     def _captured_response(self) -> StoredResponse:
         if self._captured_status is None or not self._captured_complete:
@@ -465,110 +508,3 @@ async def send_reply(send: Send, reply: replies.Reply, *, head: bool = False) ->
         headers.append((b"content-length", str(len(reply.body)).encode()))
     await send({"type": "http.response.start", "status": reply.status, "headers": headers})
     await send({"type": "http.response.body", "body": b"" if head else reply.body})
-
-
-# --- the API endpoints use --------------------------------------------------------
-
-
-async def defer() -> RunningOperation:
-    """Turn the current request into an operation; the rest of the endpoint is its work.
-
-    Call it after validating the input, so that bad requests still get their
-    immediate 4xx. The client is answered ``303 See Other`` (or ``202``) at
-    once; when the endpoint returns, its response becomes the operation's
-    outcome. Calling it again returns the same operation. An endpoint that
-    calls it itself is marked :func:`repoll.deferrable`.
-    """
-    request = _current_request.get()
-    if request is None:
-        msg = (
-            "defer() needs a request that repoll knows may defer: call repoll.install(app) "
-            "(or wrap the app in repoll.PollingMiddleware), and mark the endpoint with "
-            "@repoll.deferrable when it calls repoll.defer() itself"
-        )
-        raise NotDeferrableError(msg)
-    return await request.defer()
-
-
-def current_operation() -> WorkContext | None:
-    """The operation the running work belongs to, or None outside deferred work."""
-    return _current_operation.get()
-
-
-def report_progress(progress: float | None = None, message: str | None = None) -> None:
-    """Report the current operation's progress (0..1) and a message; no-op outside one."""
-    running = _current_operation.get()
-    if running is not None:
-        running.report_progress(progress, message)
-
-
-# Every deferred endpoint, by "module:qualname", for executors that run the
-# work in another process (a Celery worker imports the app, which registers).
-ENDPOINTS: dict[str, Callable[..., Any]] = {}
-
-
-def endpoint_name(endpoint: Callable[..., Any]) -> str:
-    return f"{endpoint.__module__}:{endpoint.__qualname__}"
-
-
-@overload
-def deferred(endpoint: Callable[P, Awaitable[R]], /) -> Callable[P, Awaitable[R]]: ...
-@overload
-def deferred(endpoint: Callable[P, R], /) -> Callable[P, Awaitable[R]]: ...
-@overload
-def deferred(
-    *, rerun: bool = False
-) -> Callable[[Callable[P, Any]], Callable[P, Awaitable[Any]]]: ...
-def deferred(endpoint: Callable[P, Any] | None = None, /, *, rerun: bool = False) -> Any:
-    """Make an endpoint deferred: it is validated as usual, then runs as an operation.
-
-    Works for async and sync endpoints of Starlette and FastAPI; sync ones
-    run on the executor's threads. Put it below the route decorator::
-
-        @app.post("/reports")
-        @repoll.deferred
-        async def make_report(spec: ReportSpec) -> Report: ...
-
-    ``@repoll.deferred(rerun=True)`` declares the work safe to run again: on a
-    Celery executor, a worker that dies mid-operation leaves the task to be
-    redelivered instead of failing the operation.
-    """
-    if endpoint is None:
-        return functools.partial(deferred, rerun=rerun)
-    name = endpoint_name(endpoint)
-    ENDPOINTS[name] = endpoint
-
-    async def hand_off_if_remote(running: RunningOperation, args: Any, kwargs: Any) -> None:
-        remote = remote_executor(running.server.executor)
-        if remote is not None:
-            request = _current_request.get()
-            route = request.scope.get("route") if request is not None else None
-            status = getattr(route, "status_code", None) or 200
-            call = RemoteCall(name, endpoint, tuple(args), dict(kwargs), status, rerun)
-            await remote.hand_off(running, call)
-            raise HandedOff
-
-    if inspect.iscoroutinefunction(endpoint):
-
-        @functools.wraps(endpoint)
-        async def run_async(*args: P.args, **kwargs: P.kwargs) -> Any:
-            running = await defer()
-            await hand_off_if_remote(running, args, kwargs)
-            return await endpoint(*args, **kwargs)
-
-        wrapper = run_async
-    else:
-
-        @functools.wraps(endpoint)
-        async def run_sync(*args: P.args, **kwargs: P.kwargs) -> Any:
-            running = await defer()
-            await hand_off_if_remote(running, args, kwargs)
-            return await running.run_sync(functools.partial(endpoint, *args, **kwargs))
-
-        wrapper = run_sync
-    setattr(cast(Any, wrapper), DEFERRED_MARK, True)
-    return wrapper
-
-
-def is_deferred(endpoint: object) -> bool:
-    return bool(getattr(endpoint, DEFERRED_MARK, False))

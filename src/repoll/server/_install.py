@@ -8,131 +8,13 @@ from typing import Any
 from .._errors import require
 from ..core._config import Lifetimes, Limits, UrlPolicy
 from ..core._pacing import PacingPolicy
-from ..core._status import OperationStatus
 from ..executors._in_process import Executor
 from ..stores._store import Store
-from ._deferral import is_deferred
+from ._endpoints import is_deferred
 from ._engine import PollingServer
 from ._middleware import PollingMiddleware
+from ._openapi import DEFERRED_RESPONSES, add_operation_routes
 from ._principal import PrincipalFunction
-
-_STATUS_SCHEMA: dict[str, Any] = {
-    "title": "OperationStatus",
-    "type": "object",
-    "required": ["id", "status"],
-    "properties": {
-        "id": {"type": "string"},
-        "status": {
-            "type": "string",
-            "enum": [status.value for status in OperationStatus],
-        },
-        "progress": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
-        "message": {"type": ["string", "null"]},
-        "cancel_requested": {"type": "boolean"},
-        "created_at": {"type": "string", "format": "date-time"},
-        "updated_at": {"type": "string", "format": "date-time"},
-        "started_at": {"type": ["string", "null"], "format": "date-time"},
-        "finished_at": {"type": ["string", "null"], "format": "date-time"},
-        "expires_at": {"type": ["string", "null"], "format": "date-time"},
-    },
-}
-_PROBLEM_SCHEMA: dict[str, Any] = {
-    "title": "ProblemDetails",
-    "type": "object",
-    "properties": {
-        "type": {"type": "string"},
-        "title": {"type": "string"},
-        "status": {"type": "integer"},
-        "detail": {"type": "string"},
-    },
-}
-_STATUS_REF = {"$ref": "#/components/schemas/RepollOperationStatus"}
-_PROBLEM_REF = {"$ref": "#/components/schemas/RepollProblem"}
-_POLL_HEADERS = {
-    "Location": {"description": "The operation URL.", "schema": {"type": "string"}},
-    "Retry-After": {"description": "Seconds until the next poll.", "schema": {"type": "integer"}},
-    "Retry-After-Ms": {"description": "The same, in milliseconds.", "schema": {"type": "integer"}},
-    "Operation-Status": {"description": "The operation's status.", "schema": {"type": "string"}},
-}
-
-
-def _pending_response(description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "headers": _POLL_HEADERS,
-        "content": {"application/json": {"schema": _STATUS_REF}},
-    }
-
-
-_DEFERRED_RESPONSES: dict[int | str, dict[str, Any]] = {
-    303: _pending_response("Deferred: follow Location after Retry-After (docs/protocol.md)."),
-    202: _pending_response("Deferred, for requests with `Prefer: respond-async`."),
-    413: {
-        "description": "Request body too large to defer.",
-        "content": {"application/problem+json": {"schema": _PROBLEM_REF}},
-    },
-}
-
-
-def _problem(description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/problem+json": {"schema": _PROBLEM_REF}},
-    }
-
-
-def _operation_paths(server: PollingServer) -> dict[str, Any]:
-    parameter = {
-        "name": "operation_id",
-        "in": "path",
-        "required": True,
-        "schema": {"type": "string"},
-    }
-    prefer = {
-        "name": "Prefer",
-        "in": "header",
-        "required": False,
-        "schema": {"type": "string"},
-        "description": "`respond-async` for 202 instead of 303; `wait=N` to hold up to N s.",
-    }
-    return {
-        f"{server.operations_path}/{{operation_id}}": {
-            "get": {
-                "tags": ["operations"],
-                "summary": "Poll an operation",
-                "description": "While running: 303 to itself (or 202). When done: the "
-                "deferred endpoint's own response, with `Operation-Status` and "
-                "`Content-Location`.",
-                "operationId": "repoll_get_operation",
-                "parameters": [parameter, prefer],
-                "responses": {
-                    "200": {"description": "The deferred endpoint's own response, replayed."},
-                    "202": _pending_response("Still running (`Prefer: respond-async`)."),
-                    "303": _pending_response("Still running: come back to Location."),
-                    "404": _problem("Unknown operation."),
-                    "410": _problem("The operation's outcome expired."),
-                },
-            },
-            "delete": {
-                "tags": ["operations"],
-                "summary": "Cancel an operation",
-                "operationId": "repoll_cancel_operation",
-                "parameters": [parameter],
-                "responses": {
-                    "200": {
-                        "description": "The operation has ended.",
-                        "content": {"application/json": {"schema": _STATUS_REF}},
-                    },
-                    "202": {
-                        "description": "Cancellation requested; the work is stopping.",
-                        "content": {"application/json": {"schema": _STATUS_REF}},
-                    },
-                    "404": _problem("Unknown operation."),
-                    "410": _problem("The operation's outcome expired."),
-                },
-            },
-        }
-    }
 
 
 def _document_fastapi(app: Any, server: PollingServer) -> None:
@@ -145,13 +27,10 @@ def _document_fastapi(app: Any, server: PollingServer) -> None:
             return app.openapi_schema  # type: ignore[no-any-return]
         for route in app.routes:
             if isinstance(route, APIRoute) and is_deferred(route.endpoint):
-                for code, response in _DEFERRED_RESPONSES.items():
+                for code, response in DEFERRED_RESPONSES.items():
                     route.responses.setdefault(code, response)
         schema: dict[str, Any] = build_openapi()
-        schema.setdefault("paths", {}).update(_operation_paths(server))
-        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
-        schemas["RepollOperationStatus"] = _STATUS_SCHEMA
-        schemas["RepollProblem"] = _PROBLEM_SCHEMA
+        add_operation_routes(schema, server.operations_path)
         app.openapi_schema = schema
         return schema
 

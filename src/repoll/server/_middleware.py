@@ -268,7 +268,11 @@ class PollingMiddleware:
         await send_reply(send, server.answer(scope, op, preferences, origin, running.url))
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        received = False
+
         async def receive_hooked() -> Message:
+            nonlocal received
+            received = True
             message = await receive()
             if message["type"] == "lifespan.startup":
                 await self.server.open()
@@ -276,7 +280,31 @@ class PollingMiddleware:
                 await self.server.close()
             return message
 
-        await self.app(scope, receive_hooked, send)
+        try:
+            await self.app(scope, receive_hooked, send)
+        except Exception:
+            if received:
+                raise
+        if not received:
+            # The app has no lifespan (Django raises, a2wsgi-less apps return):
+            # repoll still opens its store at startup and lets the work end
+            # and closes it at shutdown.
+            await self._own_lifespan(receive, send)
+
+    async def _own_lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.server.open()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.server.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
 
 async def _send_event(send: Send, op: Operation, *, retry: float | None = None) -> None:
