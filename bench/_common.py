@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -66,6 +66,57 @@ def server_process(
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+# --- what a run leaves on the shared services, removed --------------------------------
+# Shared with the tests (tests/services.py). Each takes the names a run chose
+# for itself, never a pattern wider than its own prefix.
+
+
+def delete_amqp_queues(broker: str, names: Iterable[str]) -> None:
+    """Delete these queues and the direct exchanges of the same names.
+
+    Celery declares both for a ``--queues NAME`` worker and for ``send_task(queue=NAME)``,
+    durable: they outlive every process. Deleting what is already gone is no error.
+    """
+    from kombu import Connection  # Celery's transport
+
+    with Connection(broker, connect_timeout=5) as connection:
+        channel = connection.channel()
+        try:
+            for name in names:
+                channel.queue_delete(queue=name)
+                channel.exchange_delete(exchange=name)
+        finally:
+            channel.close()
+
+
+def delete_redis_keys(url: str, prefix: str) -> int:
+    """Delete every key under ``prefix`` (in the database ``url`` names); how many there were."""
+    import redis
+
+    if not prefix:
+        msg = "an empty prefix would delete the whole database"
+        raise ValueError(msg)
+    pattern = "".join(f"\\{c}" if c in "*?[]\\" else c for c in prefix) + "*"
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=pattern, count=1000))
+        for start in range(0, len(keys), 1000):
+            client.delete(*keys[start : start + 1000])
+        return len(keys)
+    finally:
+        client.close()
+
+
+def drop_postgres_schema(url: str, schema: str) -> None:
+    """``DROP SCHEMA ... CASCADE``: the schema and every table in it; gone already is fine."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SET lock_timeout = '10s'")  # an error, not a hang, if something holds it
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
 def cpu_seconds(pid: int) -> float:

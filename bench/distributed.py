@@ -19,12 +19,21 @@ import uuid
 
 import httpx
 
-from ._common import ROOT, cpu_seconds, free_port
+from ._common import (
+    ROOT,
+    cpu_seconds,
+    delete_amqp_queues,
+    delete_redis_keys,
+    drop_postgres_schema,
+    free_port,
+)
 from .polling import STRATEGIES, _run_workload, durations, summarise
 
 BROKER = os.environ.get("REPOLL_BENCH_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
+# Each run takes a queue, and a Redis key prefix or a PostgreSQL schema, of its
+# own (repoll-bench-RUN), and removes them when it ends, however it ends.
 STORES = {
-    "redis": "redis://127.0.0.1:6379/13?prefix=repoll-bench-{run}:",
+    "redis": "redis://127.0.0.1:6379/13",
     "postgres": "postgresql://postgres@127.0.0.1:5432/test",
 }
 
@@ -71,39 +80,31 @@ def run(count: int, clients: int, *, smoke: bool = False) -> list[dict[str, obje
         jobs = [min(j, 1.0) for j in jobs]
     strategy, polling = STRATEGIES["repoll, long-poll"]
     rows = []
-    for store_name, template in STORES.items():
+    for store_name, service in STORES.items():
         run_id = uuid.uuid4().hex[:8]
-        store = template.format(run=run_id)
-        env = {"REPOLL_QUEUE": f"repoll-bench-{run_id}"}
-        if store_name == "postgres":
-            import psycopg
-
-            schema = f"repoll_bench_{run_id}"
-            with psycopg.connect(store, autocommit=True) as conn:
-                conn.execute(f"CREATE SCHEMA {schema}")
-            store = f"{store}?options=-c%20search_path%3D{schema}"
-        processes = [
-            _spawn(
-                [
-                    "worker",
-                    "--broker",
-                    BROKER,
-                    "--queue",
-                    env["REPOLL_QUEUE"],
-                    "--concurrency",
-                    str(max(clients + 8, 16)),
-                ],
-                env,
-            )
-        ]
-        urls = []
-        for _ in range(2):
-            port = free_port()
-            processes.append(
-                _spawn(["serve", "--port", str(port), "--store", store, "--broker", BROKER], env)
-            )
-            urls.append(f"http://127.0.0.1:{port}")
+        queue, schema = f"repoll-bench-{run_id}", f"repoll_bench_{run_id}"
+        env = {"REPOLL_QUEUE": queue}
+        processes: list[subprocess.Popen[bytes]] = []
         try:
+            if store_name == "postgres":
+                import psycopg
+
+                with psycopg.connect(service, autocommit=True) as conn:
+                    conn.execute(f"CREATE SCHEMA {schema}")
+                store = f"{service}?options=-c%20search_path%3D{schema}"
+            else:
+                store = f"{service}?prefix={queue}:"
+            worker = ["worker", "--broker", BROKER, "--queue", queue]
+            processes.append(_spawn([*worker, "--concurrency", str(max(clients + 8, 16))], env))
+            urls = []
+            for _ in range(2):
+                port = free_port()
+                processes.append(
+                    _spawn(
+                        ["serve", "--port", str(port), "--store", store, "--broker", BROKER], env
+                    )
+                )
+                urls.append(f"http://127.0.0.1:{port}")
             for url in urls:
                 _wait_up(url)
             time.sleep(2)  # the worker connects to the broker
@@ -115,12 +116,14 @@ def run(count: int, clients: int, *, smoke: bool = False) -> list[dict[str, obje
         finally:
             for process in processes:
                 process.send_signal(signal.SIGKILL)
+            for process in processes:
                 process.wait()
+            # Only once nothing runs that would declare or write them again.
+            delete_amqp_queues(BROKER, [queue])
             if store_name == "postgres":
-                import psycopg
-
-                with psycopg.connect(STORES["postgres"], autocommit=True) as conn:
-                    conn.execute(f"DROP SCHEMA {schema} CASCADE")
+                drop_postgres_schema(service, schema)
+            else:
+                delete_redis_keys(service, f"{queue}:")
         rows.append(
             summarise(f"repoll, long-poll: 2 instances + Celery, {store_name}", outcomes, cpu, wall)
         )

@@ -101,16 +101,12 @@ def redis_url():
 
 @pytest.fixture
 def redis_prefix(redis_url):
-    """A fresh key prefix, removed afterwards."""
-    import redis
-
+    """A fresh key prefix; every key under it is deleted afterwards."""
     prefix = f"repoll-test-{uuid.uuid4().hex[:12]}:"
-    yield prefix
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(prefix + "*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    try:
+        yield prefix
+    finally:
+        delete_redis_keys(redis_url, prefix)
 
 
 @pytest.fixture
@@ -122,11 +118,18 @@ def postgres_url():
     schema = f"repoll_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
-    separator = "&" if "?" in POSTGRES_URL else "?"
-    yield f"{POSTGRES_URL}{separator}options=-c%20search_path%3D{schema}"
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    try:
+        yield with_query(POSTGRES_URL, options=f"-c%20search_path%3D{schema}")
+    finally:
+        drop_postgres_schema(POSTGRES_URL, schema)
 
 
-# Backends under a test's control (a failing TCP relay, a throwaway Redis).
-from tests.services import proxy_factory, redis_server  # noqa: E402, F401
+# Backends under a test's control (a failing TCP relay, a throwaway Redis, a queue).
+from tests.services import (  # noqa: E402
+    broker_queue,  # noqa: F401
+    delete_redis_keys,
+    drop_postgres_schema,
+    proxy_factory,  # noqa: F401
+    redis_server,  # noqa: F401
+    with_query,
+)

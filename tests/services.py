@@ -1,4 +1,5 @@
-"""Real backends under the tests' control: a TCP relay that can fail, a throwaway Redis."""
+"""Real backends under the tests' control: a TCP relay that can fail, a throwaway Redis,
+and the names a test takes on the shared services, removed afterwards."""
 
 from __future__ import annotations
 
@@ -9,10 +10,20 @@ import shutil
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+
+# The removal helpers live with the benchmarks, which remove what they take too.
+from bench._common import (
+    delete_amqp_queues,
+    delete_redis_keys,  # noqa: F401 (for the tests)
+    drop_postgres_schema,  # noqa: F401 (for the tests)
+)
+
+BROKER_URL = os.environ.get("REPOLL_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
 
 
 def free_port() -> int:
@@ -165,3 +176,19 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def broker_queue() -> Iterator[str]:
+    """A fresh queue name on the test broker (``BROKER_URL``; check it is reachable first).
+
+    Afterwards, whatever the test did, the queue and the exchange of the same name
+    are deleted: Celery declares both durable, and they would outlive every process.
+    Request it before the fixtures that start workers and servers on it, so that
+    those have stopped (and redeclare nothing) when it is deleted.
+    """
+    name = f"repoll-test-{uuid.uuid4().hex[:12]}"
+    try:
+        yield name
+    finally:
+        delete_amqp_queues(BROKER_URL, [name])

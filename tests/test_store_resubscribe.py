@@ -18,7 +18,7 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import pytest
-from tests.services import with_port, with_query
+from tests.services import delete_redis_keys, drop_postgres_schema, with_port, with_query
 
 from repoll import OperationStatus
 from repoll._errors import StoreUnavailable
@@ -250,8 +250,6 @@ async def test_redis_a_failing_handler_does_not_end_the_subscription(
 
 
 async def test_redis_secret_is_one_per_prefix(redis_url, redis_prefix):
-    import redis.asyncio as aioredis
-
     from repoll.stores._redis import RedisStore
 
     other_prefix = f"repoll-test-{uuid.uuid4().hex[:12]}:"
@@ -272,9 +270,7 @@ async def test_redis_secret_is_one_per_prefix(redis_url, redis_prefix):
     finally:
         for store in stores:
             await store.close()
-        admin = aioredis.from_url(redis_url)
-        await admin.delete(f"{other_prefix}secret")
-        await admin.aclose()
+        delete_redis_keys(redis_url, other_prefix)
 
 
 # --- PostgreSQL ------------------------------------------------------------------------
@@ -443,5 +439,4 @@ async def test_postgres_secret_is_one_per_schema(postgres_url):
     finally:
         for store in stores:
             await store.close()
-        async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as admin:
-            await admin.execute(f"DROP SCHEMA {other_schema} CASCADE")
+        drop_postgres_schema(postgres_url.split("?")[0], other_schema)

@@ -9,16 +9,16 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from urllib.parse import urlsplit
 
 import pytest
 import requests
+from tests.services import BROKER_URL as BROKER
+from tests.services import with_query
 
 from conftest import need_service
 
 pytestmark = pytest.mark.slow
-BROKER = os.environ.get("REPOLL_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
 
 
 def free_port() -> int:
@@ -89,22 +89,33 @@ class Topology:
         process.wait(timeout=30)
 
     def close(self) -> None:
-        for name in list(self.processes):
-            self.kill(name, signal.SIGKILL)
+        """Every process killed, then waited for (one slow to go stops none of the others)."""
+        processes, self.processes = list(self.processes.values()), {}
+        for process in processes:
+            process.kill()
+        for process in processes:
+            process.wait(timeout=30)
 
 
 @pytest.fixture(params=["redis", "postgres"])
 def topology(request):
+    """Processes on a queue, a Redis prefix or a PostgreSQL schema of their own.
+
+    The queue, keys and schema come from fixtures that remove them once this one
+    has stopped every process (they are set up first, so torn down last).
+    """
     need_service("RabbitMQ", "127.0.0.1", 5672)
+    queue = request.getfixturevalue("broker_queue")
     if request.param == "redis":
-        request.getfixturevalue("redis_url")
-        prefix = request.getfixturevalue("redis_prefix")
-        store = f"redis://127.0.0.1:6379/15?prefix={prefix}"
+        url = request.getfixturevalue("redis_url")
+        store = with_query(url, prefix=request.getfixturevalue("redis_prefix"))
     else:
         store = request.getfixturevalue("postgres_url")
-    topology = Topology(store, queue=f"repoll-test-{uuid.uuid4().hex[:8]}")
-    yield topology
-    topology.close()
+    topology = Topology(store, queue=queue)
+    try:
+        yield topology
+    finally:
+        topology.close()
 
 
 def start(url: str, seconds: float) -> str:

@@ -319,16 +319,26 @@ def _cancel_clause(check: Check, client: httpx.Client, operation: str) -> None:
     )
 
 
-def report(clauses: list[Clause]) -> str:
-    rows = [("clause", "level", "result", "saw")]
-    rows += [(c.name, c.level, c.result.upper(), c.saw[:110]) for c in clauses]
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    lines = [
-        "  ".join((r[0].ljust(widths[0]), r[1].ljust(widths[1]), r[2].ljust(widths[2]), r[3]))
-        for r in rows
-    ]
-    lines.insert(1, "-" * (sum(widths) + 40))
-    return "\n".join(lines)
+def report(clauses: list[Clause], width: int | None = None) -> str:
+    """The clauses as a table; the "saw" column wraps to the terminal's width, never cut."""
+    import io  # noqa: PLC0415
+    import shutil  # noqa: PLC0415
+
+    from rich import box  # noqa: PLC0415 - the cli extra
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for name in ("clause", "level", "result"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("saw", overflow="fold")
+    for clause in clauses:
+        table.add_row(clause.name, clause.level, clause.result.upper(), clause.saw)
+    text = io.StringIO()
+    columns = width or shutil.get_terminal_size((120, 24)).columns
+    Console(file=text, width=columns, color_system=None, soft_wrap=False).print(table)
+    lines = [line.rstrip() for line in text.getvalue().splitlines()]
+    return "\n".join(line for line in lines if line)
 
 
 def main(

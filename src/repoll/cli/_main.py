@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import inspect
 import json
+import logging
 import os
 import socket
 import sys
@@ -18,6 +19,14 @@ from typing import Any, TextIO
 
 from .._errors import MissingExtraError, require
 from ..core._config import UrlPolicy
+from ._args import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    build_parser,
+)
+from ._request import body_from, connection_error, headers_from, request_command
 
 DEMO_APP = "repoll.cli._demo:create_app"
 
@@ -117,6 +126,7 @@ def serve(
     forwarded_allow_ips: str | None = None,
     public_url: str | None = None,
     max_hold: float | None = None,
+    queue: str | None = None,
 ) -> int:
     """Serve the demo app (or ``MODULE:APP``) with uvicorn until interrupted."""
     require("uvicorn", "server")
@@ -148,10 +158,17 @@ def serve(
             file=sys.stderr,
         )
         return EXIT_USAGE
+    if store:
+        problem = _store_problem(store)
+        if problem is not None:
+            message, code = problem
+            print(f"repoll: {message}", file=sys.stderr)
+            return code
     settings = {
         "REPOLL_STORE": store,
         "REPOLL_CONCURRENCY": str(concurrency) if concurrency else None,
         "REPOLL_BROKER": broker,
+        "REPOLL_QUEUE": queue,
         "FORWARDED_ALLOW_IPS": forwarded_allow_ips,
         "REPOLL_PUBLIC_URL": public_url,
         "REPOLL_MAX_HOLD": None if max_hold is None else repr(max_hold),
@@ -207,21 +224,68 @@ def _run_server(config: Any, what: str) -> int:
     return EXIT_OK
 
 
+def _store_problem(url: str) -> tuple[str, int] | None:
+    """Open the store once before serving: a typo fails here, not on every request."""
+    import asyncio  # noqa: PLC0415
+
+    from .._errors import StoreError, StoreURLError  # noqa: PLC0415
+    from ..stores._store import store_from_url  # noqa: PLC0415
+
+    try:
+        store = store_from_url(url)
+    except StoreURLError as exc:
+        return str(exc), EXIT_USAGE
+
+    async def try_it() -> None:
+        try:
+            await asyncio.wait_for(store.open(), 10)
+        finally:
+            await store.close()
+
+    # Drivers log each failed attempt (psycopg's pool, every few seconds):
+    # the one line below says it all.
+    quiet = logging.getLogger("psycopg.pool")
+    level, quiet.level = quiet.level, logging.CRITICAL
+    try:
+        asyncio.run(try_it())
+    except (StoreError, OSError, TimeoutError) as exc:
+        reason = str(exc) or (
+            "no answer in 10 s" if isinstance(exc, TimeoutError) else type(exc).__name__
+        )
+        return f"cannot open the store {url}: {reason}", EXIT_FAILURE
+    except MissingExtraError:
+        raise
+    except Exception as exc:
+        reason = str(exc) or (
+            "no answer in 10 s" if isinstance(exc, TimeoutError) else type(exc).__name__
+        )
+        return f"cannot open the store {url}: {reason}", EXIT_FAILURE
+    finally:
+        quiet.setLevel(level)
+    return None
+
+
 def check_command(args: argparse.Namespace) -> int:
     """``repoll check``: the protocol's clauses against a server; 1 on a MUST failure."""
     require("httpx", "client")
+    import httpx  # noqa: PLC0415
+
     from ._check import main as check_main  # noqa: PLC0415
 
     try:
-        headers = _headers_from(args.header)
-        body = _body_from(args.data, args.json, headers)
-    except (ValueError, OSError) as exc:
+        headers = headers_from(args.header)
+        body = body_from(args.data, args.json, headers)
+    except ValueError as exc:
         print(f"repoll: {exc}", file=sys.stderr)
         return EXIT_USAGE
     method = args.method or "POST"
-    return check_main(
-        args.url, method, body, headers, timeout=args.timeout, as_json=args.format == "json"
-    )
+    try:
+        return check_main(
+            args.url, method, body, headers, timeout=args.timeout, as_json=args.format == "json"
+        )
+    except httpx.HTTPError as exc:
+        print(f"repoll: {connection_error(exc)}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def worker(args: argparse.Namespace) -> int:
@@ -241,261 +305,8 @@ def worker(args: argparse.Namespace) -> int:
     return 0
 
 
-EXIT_OK, EXIT_HTTP_ERROR, EXIT_USAGE, EXIT_FAILURE, EXIT_TIMEOUT = 0, 1, 2, 3, 4
-
-
-class ProgressBar:
-    """One line on a terminal: status, a bar, the server's message, the next poll."""
-
-    WIDTH = 24
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-        self._started = time.monotonic()
-        self._drawn = False
-
-    def update(self, hop: Any) -> None:
-        progress = hop.progress
-        filled = round((progress or 0.0) * self.WIDTH)
-        bar = "#" * filled + "-" * (self.WIDTH - filled)
-        percent = f"{progress:4.0%}" if progress is not None else "  ? "
-        status = hop.operation_status or str(hop.status)
-        parts = [f"[{bar}] {percent}", f"{status:<9}", f"{time.monotonic() - self._started:5.1f}s"]
-        if hop.next_poll_in is not None:
-            parts.append(f"next poll in {hop.next_poll_in:.1f}s")
-        if hop.message:
-            parts.append(hop.message[:40])
-        self._stream.write("\r\x1b[2K" + "  ".join(parts))
-        self._stream.flush()
-        self._drawn = True
-
-    def close(self) -> None:
-        if self._drawn:
-            self._stream.write("\n")
-            self._stream.flush()
-
-
-def _headers_from(values: Sequence[str]) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for value in values:
-        name, sep, content = value.partition(":")
-        if not sep or not name.strip():
-            msg = f"bad header {value!r}: use 'Name: value'"
-            raise ValueError(msg)
-        headers[name.strip()] = content.strip()
-    return headers
-
-
-def _body_from(data: str | None, json_text: str | None, headers: dict[str, str]) -> bytes | None:
-    if json_text is not None:
-        try:
-            json.loads(json_text)
-        except ValueError as exc:
-            msg = f"--json is not valid JSON: {exc}"
-            raise ValueError(msg) from exc
-        headers.setdefault("Content-Type", "application/json")
-        return json_text.encode()
-    if data is None:
-        return None
-    if data.startswith("@"):
-        return Path(data[1:]).read_bytes()
-    headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
-    return data.encode()
-
-
-def _print_final(response: Any, *, include_headers: bool, out: TextIO) -> int:
-    if include_headers:
-        print(f"HTTP/1.1 {response.status_code} {response.reason_phrase}", file=out)
-        for name, value in response.headers.items():
-            print(f"{name}: {value}", file=out)
-        print(file=out)
-    out.write(response.text)
-    if response.text and not response.text.endswith("\n"):
-        out.write("\n")
-    out.flush()
-    return EXIT_OK if response.status_code < 400 else EXIT_HTTP_ERROR
-
-
-def request_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    """``repoll request`` and ``repoll wait``: one call, the final answer on stdout."""
-    require("httpx", "client")
-    import httpx  # noqa: PLC0415
-
-    from .._errors import OperationError, PollingTimeout, ProtocolError  # noqa: PLC0415
-    from ..clients._handle import OperationHandle  # noqa: PLC0415
-    from ..core._poll import PollOptions  # noqa: PLC0415
-    from ..core._status import OperationStatus  # noqa: PLC0415
-
-    try:
-        headers = _headers_from(args.header)
-        body = None
-        if args.command == "request":
-            body = _body_from(args.data, args.json, headers)
-    except (ValueError, OSError) as exc:
-        print(f"repoll: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    show_progress = sys.stderr.isatty() and not args.quiet
-    bar = ProgressBar(sys.stderr) if show_progress else None
-    options = PollOptions(
-        # On a terminal, short holds keep the progress bar moving.
-        long_poll=2.0 if bar else 30.0,
-        on_progress=bar.update if bar else None,
-    )
-    timeout = httpx.Timeout(30.0, read=max(60.0, (args.timeout or 0) + 35.0))
-    try:
-        with httpx.Client(headers=headers, timeout=timeout) as client:
-            if args.command == "request":
-                method = args.method or ("POST" if body is not None else "GET")
-                handle = OperationHandle.start(
-                    client, method, args.url, content=body, options=options
-                )
-                if args.no_wait and not handle.done:
-                    print(handle.url, file=out)
-                    return EXIT_OK
-            else:
-                handle = OperationHandle.resume(client, args.url, options=options)
-            response = handle.wait(timeout=args.timeout)
-    except PollingTimeout as exc:
-        if bar:
-            bar.close()
-        print(f"repoll: {exc}", file=sys.stderr)
-        print(f"repoll: resume with: repoll wait {exc.operation_url}", file=sys.stderr)
-        return EXIT_TIMEOUT
-    except (httpx.HTTPError, OperationError, ProtocolError) as exc:
-        if bar:
-            bar.close()
-        print(f"repoll: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    if bar:
-        bar.close()
-    code = _print_final(response, include_headers=args.include, out=out)
-    if handle.status in (OperationStatus.FAILED, OperationStatus.CANCELED):
-        # A status monitor's Failed is a 200 whose body says so: not a success.
-        return EXIT_HTTP_ERROR
-    return code
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="repoll", description="Long HTTP work, pollable for every endpoint."
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    demo_cmd = commands.add_parser("demo", help="run the demo server and client, show each hop")
-    demo_cmd.add_argument("--seconds", type=float, default=4.0, help="job length (default 4)")
-    demo_cmd.add_argument("--fail", action="store_true", help="make the job fail at its end")
-    demo_cmd.add_argument(
-        "--long-poll",
-        type=float,
-        default=1.0,
-        metavar="N",
-        help="ask the server to hold each poll up to N s (Prefer: wait); 0 to honour "
-        "Retry-After only (default 1, so that the hops show)",
-    )
-
-    serve_cmd = commands.add_parser("serve", help="serve the demo app, or MODULE:APP, with uvicorn")
-    serve_cmd.add_argument("app", nargs="?", help="MODULE:APP to serve (default: the demo app)")
-    serve_cmd.add_argument(
-        "--factory", action="store_true", help="APP is a function that returns the app"
-    )
-    serve_cmd.add_argument("--host", default="127.0.0.1")
-    serve_cmd.add_argument("--port", type=int, default=8000)
-    serve_cmd.add_argument(
-        "--store",
-        help="store URL for the demo app: sqlite:///PATH (default sqlite:///repoll.sqlite3) "
-        "or memory://; also exported as REPOLL_STORE",
-    )
-    serve_cmd.add_argument(
-        "--broker",
-        help="run the demo app's work on Celery workers through this broker "
-        "(amqp://...); needs a shared --store; exported as REPOLL_BROKER",
-    )
-    serve_cmd.add_argument(
-        "--concurrency",
-        type=int,
-        help="operations the demo app runs at once (default 16); exported as REPOLL_CONCURRENCY",
-    )
-    serve_cmd.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="server processes (default 1); they share the store: the default SQLite "
-        "file, Redis or PostgreSQL",
-    )
-    serve_cmd.add_argument(
-        "--forwarded-allow-ips",
-        help="proxies whose Forwarded/X-Forwarded-* fields are believed (comma-separated "
-        "addresses or networks, or *; default 127.0.0.1); exported as FORWARDED_ALLOW_IPS",
-    )
-    serve_cmd.add_argument(
-        "--public-url",
-        help="the base URL clients use (https://api.example.com); operation URLs are "
-        "built on it; exported as REPOLL_PUBLIC_URL",
-    )
-    serve_cmd.add_argument(
-        "--max-hold",
-        type=float,
-        metavar="SECONDS",
-        help="hold no request longer than this (default 25, under the 30 s of Heroku's "
-        "router and Google Cloud's load balancers); keep it under your proxies' idle "
-        "timeouts; exported as REPOLL_MAX_HOLD",
-    )
-    worker_cmd = commands.add_parser(
-        "worker", help="run deferred work from the demo app (or MODULE:APP) on Celery"
-    )
-    worker_cmd.add_argument("app", nargs="?", help="MODULE:APP whose endpoints to run")
-    worker_cmd.add_argument("--factory", action="store_true", help="APP returns the app")
-    worker_cmd.add_argument("--broker", default="amqp://guest:guest@127.0.0.1:5672//")
-    worker_cmd.add_argument("--queue", default="repoll")
-    worker_cmd.add_argument("--concurrency", type=int, default=4, help="threads (default 4)")
-
-    check_cmd = commands.add_parser(
-        "check", help="check a server against the protocol, clause by clause"
-    )
-    check_cmd.add_argument("url", help="a deferred endpoint (its work should last a few seconds)")
-    check_cmd.add_argument("-X", "--request", dest="method", help="method (default POST)")
-    check_body = check_cmd.add_mutually_exclusive_group()
-    check_body.add_argument("-d", "--data", help="request body (@FILE reads a file)")
-    check_body.add_argument("--json", help="JSON request body (sets Content-Type)")
-    check_cmd.add_argument("-H", "--header", action="append", default=[])
-    check_cmd.add_argument("--timeout", type=float, default=60.0, help="for the outcome (s)")
-    check_cmd.add_argument("--format", choices=["table", "json"], default="table")
-
-    for name, help_text in (
-        ("request", "send a request; follow its operation to the final answer"),
-        ("wait", "wait on an operation URL (from request --no-wait) and print its answer"),
-    ):
-        cmd = commands.add_parser(name, help=help_text)
-        cmd.add_argument("url", help="the URL" if name == "request" else "the operation URL")
-        if name == "request":
-            cmd.add_argument(
-                "-X", "--request", dest="method", help="method (default GET, or POST with a body)"
-            )
-            body = cmd.add_mutually_exclusive_group()
-            body.add_argument("-d", "--data", help="request body (@FILE reads a file)")
-            body.add_argument("--json", help="JSON request body (sets Content-Type)")
-            cmd.add_argument(
-                "--no-wait",
-                action="store_true",
-                help="print the operation URL and exit instead of waiting",
-            )
-        cmd.add_argument(
-            "-H",
-            "--header",
-            action="append",
-            default=[],
-            help="extra header 'Name: value' (repeatable)",
-        )
-        cmd.add_argument("--timeout", type=float, help="overall deadline in seconds")
-        cmd.add_argument(
-            "-i", "--include", action="store_true", help="print the final status line and headers"
-        )
-        cmd.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         if args.command == "demo":
             return demo(args.seconds, fail=args.fail, long_poll=args.long_poll or None)
@@ -517,9 +328,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             forwarded_allow_ips=args.forwarded_allow_ips,
             public_url=args.public_url,
             max_hold=args.max_hold,
+            queue=args.queue,
         )
     except MissingExtraError as exc:
         print(f"repoll: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED

@@ -256,7 +256,11 @@ class _Handle:
     def _resumed_on_monitor(self) -> None:
         """A handle resumed on a URL whose answer is a status monitor's: follow it as one."""
         last = self._last
-        if self._first is None and last is not None and monitors.monitor_answer(last) is not None:
+        if (
+            self._first is None
+            and last is not None
+            and monitors.recognised_monitor(last) is not None
+        ):
             # The response that named this monitor is gone: one that names it
             # stands in (its result is the monitor's resourceLocation, if any).
             standing = Observed(

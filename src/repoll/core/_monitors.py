@@ -188,6 +188,37 @@ def monitor_answer(response: Observed) -> MonitorState | None:
     return state_of(status) if isinstance(status, str) else None
 
 
+# The states Azure's and ARM's status monitors report (any case). A URL a
+# handle is resumed on, whose response says nothing else, is taken for a
+# monitor only when its "status" is one of these: {"status": "ok"} from a
+# health check is a resource, not an operation that never ends.
+_KNOWN_STATES: Final = frozenset(
+    {
+        *_TERMINAL,
+        "notstarted",
+        "running",
+        "inprogress",
+        "accepted",
+        "queued",
+        "creating",
+        "updating",
+        "deleting",
+        "provisioning",
+        "canceling",
+        "cancelling",
+    }
+)
+
+
+def recognised_monitor(response: Observed) -> MonitorState | None:
+    """:func:`monitor_answer`, only for the states status monitors are known to report."""
+    document = json_object(response.body) if monitor_answer(response) is not None else None
+    status = None if document is None else document.get("status")
+    if not isinstance(status, str) or status.strip().lower() not in _KNOWN_STATES:
+        return None
+    return state_of(status)
+
+
 def handle_state(state: MonitorState) -> str:
     """The :class:`~repoll.OperationStatus` value a handle shows for a monitor's state."""
     return "running" if state is MonitorState.PENDING else state.value
