@@ -17,7 +17,7 @@ from ._common import RESULTS, table
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("--smoke", action="store_true", help="a seconds-long version, for CI")
+    parser.add_argument("--smoke", action="store_true", help="a minute-long version, for CI")
     parser.add_argument(
         "--only",
         default="clients,defaults,polling,distributed,throughput,scale,overhead",
