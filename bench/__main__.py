@@ -10,7 +10,7 @@ import json
 import platform
 import time
 
-from . import budgets, distributed, overhead, polling, scale, throughput
+from . import budgets, charts, distributed, overhead, polling, scale, throughput
 from . import clients as standard_clients
 from ._common import RESULTS, table
 
@@ -18,6 +18,11 @@ from ._common import RESULTS, table
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--smoke", action="store_true", help="a minute-long version, for CI")
+    parser.add_argument(
+        "--charts",
+        action="store_true",
+        help="only redraw docs/charts/*.svg from bench/results/*.json (a full run draws them)",
+    )
     parser.add_argument(
         "--only",
         default="clients,defaults,polling,distributed,throughput,scale,overhead",
@@ -56,9 +61,18 @@ def main() -> None:
         help="runs at once, each with its own server (default 18)",
     )
     args = parser.parse_args()
+    if args.charts:
+        for path in charts.draw():
+            print(f"drew {path}")
+        return
     chosen = set(args.only.split(","))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    meta = {"python": platform.python_version(), "machine": platform.machine(), "smoke": args.smoke}
+    meta = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "smoke": args.smoke,
+        "date": time.strftime("%Y-%m-%d"),
+    }
     started = time.monotonic()
 
     if "clients" in chosen:
@@ -164,6 +178,9 @@ def main() -> None:
         print(table(rows, overhead.COLUMNS), flush=True)
         (RESULTS / "overhead.json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
 
+    if not args.smoke:
+        for path in charts.draw():
+            print(f"drew {path}")
     print(f"\nsuite finished in {time.monotonic() - started:.0f} s")
 
 

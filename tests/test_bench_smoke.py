@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_bench_smoke_runs_and_reports():
+def test_bench_smoke_runs_and_reports(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "bench", "--smoke"],
         cwd=ROOT,
@@ -48,3 +48,34 @@ def test_bench_smoke_runs_and_reports():
         pytest.fail("CI must run the distributed benchmark: " + result.stdout[-300:])
     throughput = json.loads((results / "throughput.json").read_text())
     assert all(row["rps"] > 0 for row in throughput["rows"])
+    # The charts docs/performance.md shows, drawn from these results (into a
+    # temporary directory: the committed ones come from a full run).
+    from bench import charts
+
+    drawn = {path.name for path in charts.draw(results, tmp_path)}
+    assert drawn == {
+        "polling.svg",
+        "defaults.svg",
+        "throughput.svg",
+        "held_polls.svg",
+        "budgets.svg",
+    }
+    polling_chart = (tmp_path / "polling.svg").read_text()
+    assert polling_chart.startswith("<?xml")
+    assert "repoll, long-poll" in polling_chart
+    assert "--smoke" in polling_chart
+
+
+def test_the_budget_chart_plays_the_figures_the_readme_states():
+    """The README's longest jobs per client come from the server's own decisions."""
+    from bench.charts import longest_jobs
+
+    jobs = {name: (seconds, requests) for name, seconds, requests in longest_jobs()}
+    assert jobs["curl"] == (1225.0, 50)  # "20 min with curl -L"
+    assert jobs["requests"] == (725.0, 30)  # "12 min with requests"
+    assert jobs["wget"][0] == jobs["node"][0] == 475.0  # "7.9 min"
+    assert jobs["urllib"][0] == jobs["aiohttp"][0] == jobs["go"][0] == 225.0  # "3.75 min"
+    assert jobs["httpx"] == (76.0, 20)  # "76 s with httpx"
+    readme = (ROOT / "README.md").read_text()
+    for claim in ("20 min with `curl -L`", "12 min with requests", "7.9 min", "3.75 min", "76 s"):
+        assert claim in readme

@@ -34,9 +34,11 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-EXTRAS = sorted(set(PROJECT["optional-dependencies"]) - {"dev"})
+# dev and bench serve the source tree (its tests, its benchmark suite), not the wheel.
+TREE_ONLY = {"dev", "bench"}
+EXTRAS = sorted(set(PROJECT["optional-dependencies"]) - TREE_ONLY)
 
-# One smoke check per extra (every extra but dev): it runs in the venv with all
+# One smoke check per extra (every extra but dev and bench): it runs in the venv with all
 # of them, after ``import repoll, repoll.stores``, in an empty working directory.
 SMOKE = {
     "server": "from starlette.applications import Starlette; repoll.install(Starlette())",
@@ -256,7 +258,7 @@ def test_the_wheel_has_the_package_data_and_metadata(dists: Dists) -> None:
         "Typing :: Typed",
     ]:
         assert classifier in classifiers
-    assert sorted(set(meta.get_all("Provides-Extra", [])) - {"dev"}) == EXTRAS
+    assert sorted(set(meta.get_all("Provides-Extra", [])) - TREE_ONLY) == EXTRAS
 
 
 def test_without_extras_the_core_works_and_extras_are_named(bare: Venv) -> None:

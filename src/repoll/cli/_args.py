@@ -9,6 +9,7 @@ the parser's own complaints are printed on one line with a pointer to
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import NoReturn
 from urllib.parse import urlsplit
@@ -156,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve_cmd.add_argument(
         "--queue",
-        help="the Celery queue for --broker (default repoll); exported as REPOLL_QUEUE",
+        help="the Celery queue for --broker (default repoll, or $REPOLL_QUEUE when set)",
     )
     serve_cmd.add_argument(
         "--concurrency",
@@ -198,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--broker", default=DEFAULT_BROKER, help=f"Celery's broker (default {DEFAULT_BROKER})"
     )
     worker_cmd.add_argument(
-        "--queue", default="repoll", help="the queue to consume (default repoll)"
+        "--queue",
+        default=os.environ.get("REPOLL_QUEUE") or "repoll",
+        help="the queue to consume (default repoll, or $REPOLL_QUEUE when set)",
     )
     worker_cmd.add_argument("--concurrency", type=count, default=4, help="threads (default 4)")
 

@@ -66,7 +66,8 @@ class RichProgress:
 
     def close(self, status: str | None) -> None:
         if status == "succeeded":
-            self._progress.update(self._task, total=1.0, completed=1.0, status=status)
+            # The last progress message ("step 8 of 12") would read as where it stopped.
+            self._progress.update(self._task, total=1.0, completed=1.0, status=status, message="")
         elif status:
             self._progress.update(self._task, status=status)
         self._progress.stop()
