@@ -53,6 +53,21 @@ def test_curl_follows_to_the_result_without_spinning(live):
     assert 2 <= len(seen) <= MAX_REQUESTS
 
 
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl on the PATH")
+def test_curl_with_x_post_is_told_what_to_type_instead(live):
+    """``curl -L -X POST`` keeps POST through the 303: the 405 says to use -d, not -X."""
+    result = subprocess.run(
+        ["curl", "-sL", "-X", "POST", "--max-time", "30", "-H", "Content-Type: application/json",
+         "--data", json.dumps({"seconds": 0}), "-w", "\n%{http_code}", f"{live.url}/start_work"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    body, status = result.stdout.rsplit("\n", 1)
+    assert status == "405"
+    problem = json.loads(body)
+    assert problem["status"] == 405
+    assert "leave out -X POST" in problem["detail"]
+
+
 def test_requests_follows_to_the_result_without_spinning(live):
     response = requests.post(f"{live.url}/start_work", json=JOB, timeout=60)
     assert response.status_code == 200

@@ -236,6 +236,10 @@ async def test_other_methods_on_operations_get_405(setup):
     response = await client.post("/operations/" + "A" * 22)
     assert response.status_code == 405
     assert "DELETE" in response.headers["allow"]
+    assert response.json()["detail"] == "Use GET or DELETE."  # no redirect led here
+    hop = await client.post("/operations/" + "A" * 22 + "?hop=2")
+    assert hop.status_code == 405
+    assert "leave out -X POST" in hop.json()["detail"]
 
 
 async def test_head_on_an_operation(setup):

@@ -119,9 +119,10 @@ async def test_the_thread_checkpoints_what_the_loop_writes(tmp_path):
         for _ in range(100):
             await asyncio.gather(*(create_and_finish(store) for _ in range(20)))
         await asyncio.sleep(0.2)  # the last checkpoint runs on the thread
-        # The WAL starts over after each checkpoint, so the file stays small;
-        # without checkpoints 2,000 operations grow it past 10 MB.
-        assert (tmp_path / "ops.db-wal").stat().st_size < 4 * 1024 * 1024
+        # The WAL starts over after each checkpoint that finds no reader in it,
+        # so the file stays small: 2.8 to 4.5 MB measured (it once failed a
+        # 4 MiB bound); without checkpoints 2,000 operations grow it to 10.1 MB.
+        assert (tmp_path / "ops.db-wal").stat().st_size < 7 * 1024 * 1024
     finally:
         await store.close()
 

@@ -457,12 +457,23 @@ def idempotency_key_reused() -> Reply:
     )
 
 
-def method_not_allowed() -> Reply:
+def method_not_allowed(method: str = "", *, after_redirect: bool = False) -> Reply:
+    """An operation URL asked with another method than GET, HEAD or DELETE.
+
+    ``after_redirect``: the URL is a hop URL, which only a redirect gives out.
+    A POST there is a client that kept the start's method through the 303:
+    ``curl -L -X POST`` does (its ``-X`` applies to every request), so the
+    detail says what to type instead.
+    """
+    detail = "Use GET or DELETE."
+    if after_redirect and method in {"POST", "PUT", "PATCH"}:
+        detail += (
+            f" This {method} followed a 303 without switching to GET. With curl, send the"
+            f" body with -d or --data and leave out -X {method}: curl -L keeps -X on every"
+            " redirect."
+        )
     return problem(
-        405,
-        "Method not allowed",
-        "Use GET or DELETE.",
-        extra_headers=[("allow", "GET, HEAD, DELETE")],
+        405, "Method not allowed", detail, extra_headers=[("allow", "GET, HEAD, DELETE")]
     )
 
 

@@ -556,18 +556,26 @@ class PollingServer:
         now = time.time()
         redirect: str | None = None
         ran_out_after: float | None = None
+        interval = 0.0
+        page = False
         if op is not None:
             url = url or self.operation_url(scope, op.id)
+        # Only a pending answer is paced: an outcome (the common poll of a
+        # finished operation) needs no interval, hop URL or client profile.
+        if op is not None and not op.status.is_terminal and not op.is_expired(now):
+            assert url is not None
             redirect = hop_url(url, followed + 1)
             if preferences.wait is None and not follows_again(
                 self.profile_of(scope), followed, max(now - op.created_at, 0.0), self.pacing
             ):
                 ran_out_after = self.retention
+            interval = self.interval_for(op, now)
+            page = wants_page(scope, preferences)
         return replies.answer(
             op,
             now=now,
-            interval=0.0 if op is None else self.interval_for(op, now),
-            page=wants_page(scope, preferences),
+            interval=interval,
+            page=page,
             preferences=preferences,
             operation_url=url or "",
             origin=origin,
