@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -24,6 +25,17 @@ from bench._common import (
 )
 
 BROKER_URL = os.environ.get("REPOLL_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+def repoll_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``python -m repoll ARGS`` in a process of its own, its output captured, never raising."""
+    return subprocess.run(
+        [sys.executable, "-m", "repoll", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def free_port() -> int:

@@ -10,12 +10,11 @@ endpoint's answer; a different key must not see the operation.
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 
 import httpx
 import pytest
 import requests
+from tests.services import repoll_cli
 
 import repoll
 
@@ -68,22 +67,8 @@ def via_aiohttp(url: str) -> tuple[int, dict]:
 def via_cli(url: str) -> tuple[int, dict]:
     import json
 
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "repoll",
-            "request",
-            "-H",
-            "X-API-Key: key-of-alice",
-            "--json",
-            '{"seconds": 2}',
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    result = repoll_cli(
+        "request", "-H", "X-API-Key: key-of-alice", "--json", '{"seconds": 2}', url, timeout=60
     )
     return (200 if result.returncode == 0 else result.returncode), json.loads(result.stdout)
 

@@ -7,18 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from tests.services import repoll_cli as repoll
 
 pytestmark = pytest.mark.slow
-
-
-def repoll(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "repoll", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def test_demo_shows_the_hops_and_the_result():

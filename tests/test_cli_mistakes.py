@@ -14,18 +14,9 @@ import sys
 import time
 
 import pytest
+from tests.services import repoll_cli as repoll
 
 pytestmark = pytest.mark.slow
-
-
-def repoll(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "repoll", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def one_line(result: subprocess.CompletedProcess[str]) -> str:

@@ -8,21 +8,12 @@ import sys
 import httpx
 import pytest
 import requests
+from tests.services import repoll_cli as cli
 
 import repoll
 from repoll import OperationStatus, PollOptions
 
 pytestmark = pytest.mark.slow
-
-
-def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "repoll", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def test_transport_one_call(live):

@@ -27,7 +27,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,7 +37,7 @@ from pathlib import Path
 
 import pytest
 from tests.conftest import need_service
-from tests.services import delete_amqp_queues, delete_redis_keys
+from tests.services import delete_amqp_queues, delete_redis_keys, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -78,12 +77,6 @@ def marked_blocks(text: str) -> list[Block]:
         line = text.count("\n", 0, match.start("body")) + 1
         blocks.append(Block(lang, match["body"], save_as, line))
     return blocks
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Reader:

@@ -37,7 +37,7 @@ from typing import Any
 import httpx
 import pytest
 import requests
-from tests.services import free_port
+from tests.services import free_port, repoll_cli
 
 import repoll
 
@@ -214,20 +214,8 @@ def test_validation_progress_ownership_and_cancel(apps: list[App]) -> None:
 
 def test_repoll_check_passes(apps: list[App]) -> None:
     def check(app: App) -> dict[str, str]:
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "repoll",
-                "check",
-                "--format",
-                "json",
-                f"{app.url}{app.path}?pages=12",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
+        result = repoll_cli(
+            "check", "--format", "json", f"{app.url}{app.path}?pages=12", timeout=180
         )
         clauses = {c["name"]: c["result"] for c in json.loads(result.stdout)}
         assert result.returncode == 0, clauses

@@ -181,11 +181,17 @@ def monitor_answer(response: Observed) -> MonitorState | None:
     (resumed from its URL): a 200/202 without ``Operation-Status`` whose
     JSON has a string ``status``.
     """
+    status = _monitor_status(response)
+    return None if status is None else state_of(status)
+
+
+def _monitor_status(response: Observed) -> str | None:
+    """The ``status`` string of a 200/202 without ``Operation-Status``, if its JSON has one."""
     if response.status not in (200, 202) or "operation-status" in response.headers:
         return None
     document = json_object(response.body)
     status = None if document is None else document.get("status")
-    return state_of(status) if isinstance(status, str) else None
+    return status if isinstance(status, str) else None
 
 
 # The states Azure's and ARM's status monitors report (any case). A URL a
@@ -212,9 +218,8 @@ _KNOWN_STATES: Final = frozenset(
 
 def recognised_monitor(response: Observed) -> MonitorState | None:
     """:func:`monitor_answer`, only for the states status monitors are known to report."""
-    document = json_object(response.body) if monitor_answer(response) is not None else None
-    status = None if document is None else document.get("status")
-    if not isinstance(status, str) or status.strip().lower() not in _KNOWN_STATES:
+    status = _monitor_status(response)
+    if status is None or status.strip().lower() not in _KNOWN_STATES:
         return None
     return state_of(status)
 

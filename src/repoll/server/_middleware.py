@@ -37,7 +37,6 @@ from ..core import _stream as stream
 from ..core._headers import PREFER, Preferences, parse_prefer
 from ..core._model import Operation
 from ..core._pacing import hold_seconds
-from ..core._profiles import parse_hop
 from . import _answers as answers
 from ._deferral import DeferrableRequest, DeferralAborted, RunningOperation, send_reply
 from ._engine import PollingServer
@@ -168,9 +167,8 @@ class PollingMiddleware:
                         server, scope, operation_id, _preferences(scope), receive
                     )
             else:
-                query = scope.get("query_string", b"").decode("latin-1")
                 reply = replies.method_not_allowed(
-                    method, after_redirect=parse_hop(query) is not None
+                    method, after_redirect=answers.followed_redirects(scope) > 0
                 )
         except StoreUnavailable as exc:
             server.outages.failed(f"{method} on an operation", exc)
