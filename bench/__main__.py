@@ -62,7 +62,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.charts:
-        for path in charts.draw():
+        for path in charts.draw(smoke=False):
             print(f"drew {path}")
         return
     chosen = set(args.only.split(","))
@@ -179,7 +179,7 @@ def main() -> None:
         (RESULTS / "overhead.json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
 
     if not args.smoke:
-        for path in charts.draw():
+        for path in charts.draw(smoke=False):
             print(f"drew {path}")
     print(f"\nsuite finished in {time.monotonic() - started:.0f} s")
 

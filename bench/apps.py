@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from pydantic import BaseModel, Field
@@ -19,6 +20,13 @@ async def plain(_: Request) -> JSONResponse:
 
 @repoll.deferred
 async def instant(_: Request) -> JSONResponse:
+    return JSONResponse({"status": "done"})
+
+
+@repoll.deferred
+async def next_turn(_: Request) -> JSONResponse:
+    # Ends one turn of the event loop after it starts: after the answer.
+    await asyncio.sleep(0)
     return JSONResponse({"status": "done"})
 
 
@@ -41,6 +49,7 @@ def repoll_app() -> Starlette:
             Route("/healthz", plain),
             Route("/plain", plain),
             Route("/start", instant, methods=["POST"]),
+            Route("/start_next_turn", next_turn, methods=["POST"]),
         ]
     )
     store = os.environ.get("REPOLL_STORE", "memory://")

@@ -46,11 +46,19 @@ def _pyplot() -> Any:
     return plt
 
 
+# Set by draw(): whether results of a --smoke run may be drawn. Not into the
+# committed charts: after the test suite's smoke run, a later partial run
+# (--only) would otherwise redraw every chart from seconds-long noise.
+_smoke_allowed = True
+
+
 def _load(results: Path, name: str) -> dict[str, Any] | None:
     path = results / f"{name}.json"
     if not path.exists():
         return None
     data: dict[str, Any] = json.loads(path.read_text())
+    if data.get("smoke") and not _smoke_allowed:
+        return None
     return data
 
 
@@ -163,8 +171,13 @@ def _budgets(plt: Any, out: Path) -> Path:
     return _save(plt, figure, out, "budgets")
 
 
-def draw(results: Path = RESULTS, out: Path = CHARTS) -> list[Path]:
-    """Every chart the results in ``results`` allow, written to ``out``; the paths written."""
+def draw(results: Path = RESULTS, out: Path = CHARTS, *, smoke: bool = True) -> list[Path]:
+    """Every chart the results in ``results`` allow, written to ``out``; the paths written.
+
+    ``smoke=False`` leaves out results of a ``--smoke`` run (their chart is not redrawn).
+    """
+    global _smoke_allowed  # noqa: PLW0603 - one drawing at a time
+    _smoke_allowed = smoke
     plt = _pyplot()
     drawers: list[Callable[[], Path | None]] = [
         lambda: _strategies(plt, results, out, "polling", "Polling strategies"),

@@ -79,3 +79,16 @@ def test_the_budget_chart_plays_the_figures_the_readme_states():
     readme = (ROOT / "README.md").read_text()
     for claim in ("20 min with `curl -L`", "12 min with requests", "7.9 min", "3.75 min", "76 s"):
         assert claim in readme
+
+
+def test_the_id_cost_benchmark_runs(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.sqlite_ids", "3000", "16"],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    assert "random (128 bits)" in out
+    assert "time-ordered (repoll's)" in out

@@ -121,13 +121,29 @@ def test_format_prefer():
 
 
 def test_operation_ids_are_long_random_and_valid():
-    ids = {h.new_operation_id() for _ in range(1000)}
+    ids = {h.new_operation_id(1_800_000_000.0) for _ in range(1000)}
     assert len(ids) == 1000
-    assert all(len(i) == 22 and h.is_valid_operation_id(i) for i in ids)
+    assert all(len(i) == 29 and h.is_valid_operation_id(i) for i in ids)
+    assert len({i[:7] for i in ids}) == 1  # one millisecond: one prefix, 22 random characters
+
+
+def test_operation_ids_sort_by_creation_time():
+    # Byte order, as a store's index sorts them: later ids after earlier ones.
+    times = [0.0, 0.001, 1.0, 1_764_600_000.123, 1_764_600_000.124, 1_800_000_000.0, 4e12]
+    ids = [h.new_operation_id(t) for t in times]
+    assert [i[:7] for i in ids] == sorted(i[:7] for i in ids)
+    assert len({i[:7] for i in ids}) == len(times)
+    assert h.new_operation_id(-5.0)[:7] == "-------"  # clamped, never malformed
+
+
+def test_ids_of_earlier_versions_stay_valid():
+    assert h.is_valid_operation_id("qymdi2iLGjINr_8qm_CEIQ")  # 22 characters
+    assert not h.is_valid_operation_id("qymdi2iLGjINr_8qm_CEIQ" + "abc")
 
 
 @pytest.mark.parametrize(
-    "bad", ["", "abc", "../../etc/passwd", "a" * 23, "a" * 21 + "!", "a" * 22 + "\n"]
+    "bad",
+    ["", "abc", "../../etc/passwd", "a" * 23, "a" * 21 + "!", "a" * 22 + "\n", "a" * 30, "a" * 28],
 )
 def test_malformed_ids_are_rejected(bad):
     assert not h.is_valid_operation_id(bad)
@@ -345,7 +361,7 @@ def test_problem_replies_are_problem_json():
 def test_id_validation_never_raises(value):
     assert h.is_valid_operation_id(value) in {True, False}
     if h.is_valid_operation_id(value):
-        assert len(value) == 22
+        assert len(value) in (22, 29)
 
 
 # --- the decisions the server shell carries ----------------------------------------
@@ -568,3 +584,30 @@ def test_lost_reasons():
     assert "running" in replies.lost_at_restart(OperationStatus.RUNNING)
     assert "(host:1:ab)" in replies.lost_with_owner("host:1:ab")
     assert replies.LOST_AT_SHUTDOWN.startswith("The server shut down")
+
+
+# --- the row form -------------------------------------------------------------------
+
+
+@given(
+    st.text(max_size=30),
+    st.one_of(st.none(), st.text(max_size=30)),
+    st.lists(st.tuples(st.text(max_size=12), st.text(max_size=12)), max_size=4),
+    st.binary(max_size=20),
+)
+def test_rows_round_trip_whatever_the_text(principal, message, headers, body):
+    from repoll.core._model import decode_row, encode_row
+
+    op = Operation(
+        id="A" * 29,
+        principal=principal,
+        endpoint='POST /a"b\\c/é',
+        status=OperationStatus.SUCCEEDED,
+        created_at=1.5,
+        updated_at=2.25,
+        message=message,
+        response=StoredResponse(201, tuple(headers), body),
+    )
+    row = encode_row(op)
+    json.loads(row[4])  # valid JSON, whatever the text
+    assert decode_row(row) == op

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from starlette.requests import HTTPConnection
-from starlette.routing import Mount, Route, Router
+from starlette.routing import Host, Mount, Route, Router
 
 import repoll
 from repoll.core._admission import Admission, quota_key
@@ -176,9 +176,32 @@ def test_route_table_knows_which_requests_may_defer():
     assert table(_scope("POST", "/v2/jobs/7")) == ALWAYS
     assert table(_scope("POST", "/v2/jobs/x")) == NEVER
     assert table(_scope("POST", "/start", root_path="/api")) == ALWAYS
-    # Routes added later are seen.
+    # Routes added later are seen, also by a request answered before.
+    assert table(_scope("PUT", "/late")) == NEVER
     app.routes.append(Route("/late", _deferred, methods=["PUT"]))
     assert table(_scope("PUT", "/late")) == ALWAYS
+
+
+def test_route_table_answers_from_memory_as_matching_would():
+    app = Router(
+        routes=[
+            Host("api.example", app=Router(routes=[Route("/x", _deferred, methods=["POST"])])),
+            Route("/x", _endpoint, methods=["POST"]),
+        ]
+    )
+    table = RouteTable(app)
+
+    def on(host: str) -> dict:
+        return {**_scope("POST", "/x"), "headers": [(b"host", host.encode())]}
+
+    for _ in range(2):  # asked again: the same answers, by host
+        assert table(on("api.example")) == ALWAYS
+        assert table(on("www.example")) == NEVER
+    # A flood of distinct paths: what is remembered stays bounded.
+    for i in range(5000):
+        assert table({**_scope("GET", f"/x/{i}"), "headers": []}) == NEVER
+    assert len(table._known) <= 1024
+    assert table(on("api.example")) == ALWAYS
 
 
 # --- replies -----------------------------------------------------------------------
@@ -268,3 +291,27 @@ def test_an_outage_is_logged_once_not_per_failure(caplog):
     assert len(messages) == 2
     assert messages[0].startswith("store unavailable (a poll)")
     assert "1000 failures" in messages[1]
+
+
+# --- Prefer, parsed once per value ------------------------------------------------
+
+
+def test_prefer_values_are_parsed_once_and_the_memory_stays_bounded():
+    from repoll.server import _middleware
+
+    def prefer(*values: bytes) -> dict:
+        return {"headers": [(b"prefer", value) for value in values]}
+
+    first = _middleware._preferences(prefer(b"respond-async, wait=7"))
+    assert (first.respond_async, first.wait) == (True, 7)
+    assert _middleware._preferences(prefer(b"respond-async, wait=7")) is first  # remembered
+    # Two fields: both read, the first occurrence of each preference wins.
+    both = _middleware._preferences(prefer(b"wait=3", b"respond-async, wait=9"))
+    assert (both.respond_async, both.wait) == (True, 3)
+    assert _middleware._preferences({"headers": []}).wait is None
+    for i in range(2000):  # a flood of distinct values
+        assert _middleware._preferences(prefer(f"wait={i}".encode())).wait == min(i, 7 * 86400)
+    assert len(_middleware._parsed_prefer) <= 256
+    long = b"wait=5, " + b"x" * 300
+    assert _middleware._preferences(prefer(long)).wait == 5
+    assert long not in _middleware._parsed_prefer

@@ -343,6 +343,7 @@ async def test_the_cache_keeps_to_its_byte_budget(tmp_path):
             await store.create(op)
             marked = i.to_bytes(4, "big") + body[4:]
             assert await store.compare_and_set(finished(op, marked), expected_version=0)
+            assert await store.get(op.id) is not None  # cached when read
             ids.append(op.id)
             assert store._cached_bytes <= budget
         assert len(store._terminal) == most

@@ -132,6 +132,8 @@ def serve(
     require("uvicorn", "server")
     import uvicorn  # noqa: PLC0415
 
+    from ..server._gc import GC_THRESHOLD_ENV, SERVE_GC_THRESHOLD  # noqa: PLC0415
+
     # Like uvicorn's own command: MODULE is looked up from the working directory.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -172,6 +174,7 @@ def serve(
         "FORWARDED_ALLOW_IPS": forwarded_allow_ips,
         "REPOLL_PUBLIC_URL": public_url,
         "REPOLL_MAX_HOLD": None if max_hold is None else repr(max_hold),
+        GC_THRESHOLD_ENV: os.environ.get(GC_THRESHOLD_ENV) or str(SERVE_GC_THRESHOLD),
     }
     for name, value in settings.items():
         if value:
@@ -193,12 +196,17 @@ def _run_server(config: Any, what: str) -> int:
     import uvicorn  # noqa: PLC0415
     from uvicorn.supervisors import Multiprocess  # noqa: PLC0415
 
+    from ..server._gc import tune_gc  # noqa: PLC0415
+
     url = f"http://{config.host}:{config.port}"
     ready = f"repoll serve: {what} listening on {url} (Ctrl-C stops it)"
 
     class Server(uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
+            # Also for an app without repoll (whose server applies it when it
+            # opens): every app this command serves runs at the same pace.
+            tune_gc(os.environ)
             if self.started and config.workers == 1:
                 print(ready, flush=True)
 

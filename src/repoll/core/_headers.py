@@ -48,9 +48,16 @@ CREDENTIAL_FIELDS: Final = frozenset(
     }
 )
 
-# Ids carry 128 random bits, URL-safe base64 without padding: 22 characters.
+# Ids carry 128 random bits, URL-safe base64 without padding: 22 characters,
+# after 7 characters of creation time (milliseconds since 1970, 42 bits, in
+# an alphabet in ASCII order): ids made one after another sort together, so
+# a store's index takes new ones at its end, not at random places across the
+# whole of it (on SQLite an insert took 13 µs with random ids, 7.8 µs with
+# these: docs/performance.md). Ids of 22 characters, from before, stay valid.
 _ID_BYTES: Final = 16
-_ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{22}")
+_TIME_ALPHABET: Final = "-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz"
+_TIME_CHARS: Final = 7
+_ID_RE: Final = re.compile(r"(?:[A-Za-z0-9_-]{7})?[A-Za-z0-9_-]{22}")
 
 # Seconds a Retry-After may name before we consider it nonsense (one week).
 _MAX_DELAY_S: Final = 7 * 24 * 3600.0
@@ -75,9 +82,13 @@ def _seconds(digits: str, scale: float = 1.0) -> float | None:
     return seconds if seconds <= _MAX_DELAY_S else None
 
 
-def new_operation_id() -> str:
-    """An unguessable operation id (128 random bits)."""
-    return secrets.token_urlsafe(_ID_BYTES)
+def new_operation_id(now: float = 0.0) -> str:
+    """An unguessable operation id: its creation time ``now``, then 128 random bits."""
+    millis = max(0, min(int(now * 1000), (1 << (6 * _TIME_CHARS)) - 1))
+    stamp = "".join(
+        _TIME_ALPHABET[(millis >> shift) & 63] for shift in range(6 * (_TIME_CHARS - 1), -1, -6)
+    )
+    return stamp + secrets.token_urlsafe(_ID_BYTES)
 
 
 def is_valid_operation_id(value: str) -> bool:

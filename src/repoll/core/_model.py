@@ -166,7 +166,13 @@ def _json_number(value: float | None) -> str:
 
 
 def _json_text(value: str | None) -> str:
-    return "null" if value is None else json.dumps(value)
+    if value is None:
+        return "null"
+    # Printable ASCII without a quote or backslash is its own JSON (ids,
+    # digests, methods and paths, header fields): what json.dumps would write.
+    if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
+        return f'"{value}"'
+    return json.dumps(value)
 
 
 def encode_row(op: Operation) -> tuple[Any, ...]:
@@ -187,8 +193,11 @@ def encode_row(op: Operation) -> tuple[Any, ...]:
     )
     response = None
     if op.response is not None:
-        meta = {"status": op.response.status, "headers": op.response.headers}
-        record += ',"response_meta":' + json.dumps(meta, separators=(",", ":"))
+        fields = ",".join(
+            f"[{_json_text(name)},{_json_text(value)}]" for name, value in op.response.headers
+        )
+        record += f',"response_meta":{{"status":{int(op.response.status)},"headers":[{fields}]}}'
+
         response = op.response.body
     return (
         op.id,

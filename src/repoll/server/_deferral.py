@@ -51,6 +51,7 @@ from ..core._headers import (
 from ..core._model import Operation, StoredResponse
 from ..core._status import Event, OperationStatus
 from ..executors._work import WorkHandle
+from ..stores._store import create_soon
 from ._scope import ASGIApp, Message, Receive, Scope, Send, first_header
 
 if TYPE_CHECKING:
@@ -80,10 +81,15 @@ class RunningOperation(WorkHandle):
         url: str,
         quota: str,
         task: asyncio.Task[Any] | None = None,
+        *,
+        stored: asyncio.Future[None] | None = None,
     ) -> None:
         super().__init__(operation, url, task or asyncio.current_task())
         self.server = server
         self.quota = quota  # whose admission this operation holds
+        # The record's insert, when the work started before it was done
+        # (see DeferrableRequest._create): the client is answered after it.
+        self.stored = stored
 
     async def _store_progress(self, progress: float | None, message: str | None) -> None:
         await self.server.store_progress(self, progress, message)
@@ -290,13 +296,16 @@ class DeferrableRequest:
         if refused is not None:
             raise DeferralAborted(server.refuse(refused))
         try:
-            op = await self._create(principal, key_digest, request_digest)
+            # Async work here may start before its record is stored (see _create).
+            op, stored = await self._create(
+                principal, key_digest, request_digest, eager=not (in_thread or handing_off)
+            )
         except BaseException:
             await self._release_slot()
             server.admission.release(quota)
             raise
         url = server.operation_url(self.scope, op.id)
-        running = RunningOperation(server, op, url, quota, task)
+        running = RunningOperation(server, op, url, quota, task, stored=stored)
         running._in_thread = in_thread
         self.running = running
         if telemetry.active():
@@ -329,15 +338,31 @@ class DeferrableRequest:
             await slot.__aexit__(None, None, None)
 
     async def _create(
-        self, principal: str, key_digest: str | None, request_digest: str | None
-    ) -> Operation:
+        self,
+        principal: str,
+        key_digest: str | None,
+        request_digest: str | None,
+        *,
+        eager: bool,
+    ) -> tuple[Operation, asyncio.Future[None] | None]:
+        """The new record, and the future of its insert if that is still queued.
+
+        Work that is ``eager`` (async, in this process) and gets a slot at
+        once, without an ``Idempotency-Key``, does not wait for its record:
+        the insert is queued (on stores that batch writes, SQLite) and the
+        work starts; the middleware answers the client only once the insert
+        is done, so every id given out is stored. Work that ends before the
+        batch is written is stored with one write, its outcome, and the
+        client gets the final response at once (protocol 3.6). A key keeps
+        the order strict: a duplicate must be found before any work starts.
+        """
         server = self.server
         # With a slot free, the operation is born running: one write, not two.
         immediate = server.executor.has_free_slot()
-        op_id = new_operation_id()
+        now = time.time()
+        op_id = new_operation_id(now)
         if immediate:
             await self._take_slot(op_id)
-        now = time.time()
         op = Operation(
             id=op_id,
             principal=principal,
@@ -351,6 +376,10 @@ class DeferrableRequest:
             owner=server.instance_id,
             respond_async=self.preferences.respond_async,
         )
+        if immediate and eager and key_digest is None:
+            stored = create_soon(server.store, op)
+            if stored is not None:
+                return op, stored
         try:
             await server.store.create(op)
         except DuplicateOperation as duplicate:
@@ -360,7 +389,7 @@ class DeferrableRequest:
         except StoreUnavailable as exc:
             server.outages.failed("creating an operation (answered 503)", exc)
             raise DeferralAborted(replies.store_unavailable()) from None
-        return op
+        return op, None
 
     async def _check_idempotency(self, principal: str) -> tuple[str | None, str | None]:
         """Digests of (principal, key) and of the request; raises to answer a repeat."""
@@ -463,6 +492,12 @@ class DeferrableRequest:
             or not self._captured_complete
             or self._captured_status >= 500
         )
+
+    def captured_response(self) -> StoredResponse | None:
+        """What the app answered, if it finished answering; None before that."""
+        if self._captured_status is None or not self._captured_complete:
+            return None
+        return self._captured_response()
 
     def _captured_response(self) -> StoredResponse:
         if self._captured_status is None or not self._captured_complete:

@@ -59,6 +59,7 @@ from ..core._status import Event, finish_event
 from ..executors._in_process import Executor, InProcessExecutor
 from ..executors._work import outcome_of_raised
 from ..stores._store import Store, shared_store, store_from_url, update_operation
+from ._gc import tune_gc
 from ._holds import Holds
 from ._outage_log import OutageLog
 from ._scope import Scope, first_header, wants_page
@@ -217,6 +218,7 @@ class PollingServer:
         async with self._open_lock:
             if self._open:
                 return
+            tune_gc(os.environ)
             await self.store.open()
             executor = self.executor
             telemetry.watch_queue(lambda: executor.waiting)

@@ -48,7 +48,6 @@ from ._scope import (
     Scope,
     Send,
     first_header,
-    header_values,
     until_disconnect,
 )
 
@@ -75,8 +74,29 @@ async def _watching(receive: Receive) -> Any:
             await watcher
 
 
+_PREFER = PREFER.encode()
+_NO_PREFERENCES = parse_prefer(())
+# Parsed Prefer values: a client repeats its own on every poll. Bounded, and
+# emptied when full, so that a flood of distinct values costs what parsing does.
+_parsed_prefer: dict[bytes, Preferences] = {}
+_PARSED_PREFER_MAX = 256
+
+
 def _preferences(scope: Scope) -> Preferences:
-    return parse_prefer(header_values(scope, PREFER.encode()))
+    values = [value for name, value in scope.get("headers", ()) if name == _PREFER]
+    if not values:
+        return _NO_PREFERENCES
+    if len(values) > 1:
+        return parse_prefer(value.decode("latin-1") for value in values)
+    value = values[0]
+    parsed = _parsed_prefer.get(value)
+    if parsed is None:
+        parsed = parse_prefer((value.decode("latin-1"),))
+        if len(value) <= 256:  # the long ones are no client's usual value
+            if len(_parsed_prefer) >= _PARSED_PREFER_MAX:
+                _parsed_prefer.clear()
+            _parsed_prefer[value] = parsed
+    return parsed
 
 
 class PollingMiddleware:
@@ -246,6 +266,8 @@ class PollingMiddleware:
                 # The app failed on the body it was refused; the client has its 413.
             return
         server.executor.track(running.id, child)
+        if running.stored is not None and not await _stored(request, running, child, send):
+            return
         await self._answer_start(scope, receive, send, running, preferences)
 
     async def _answer_start(
@@ -307,6 +329,42 @@ class PollingMiddleware:
                 await self.server.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+async def _stored(
+    request: DeferrableRequest, running: RunningOperation, child: asyncio.Task[None], send: Send
+) -> bool:
+    """Wait for the record of work that started before it was stored; False if it never was.
+
+    Then nothing can be given out that would lead to it: work that has
+    ended is answered with its own response, as if it had not been deferred
+    (nothing of it is lost); work still running is stopped, and the client
+    told to try again (503), as for a start whose record could not be created.
+    """
+    stored = running.stored
+    assert stored is not None
+    try:
+        # Usually written already: the batch was due before this task's turn.
+        if not stored.done():
+            await asyncio.shield(stored)
+        stored.result()
+    except Exception as exc:
+        request.server.outages.failed("storing a started operation (answered without it)", exc)
+        response = request.captured_response() if running.work_done else None
+        if response is None:
+            child.cancel()
+            await send_reply(send, replies.store_unavailable())
+        else:
+            headers = [
+                (name.encode("latin-1"), value.encode("latin-1"))
+                for name, value in response.headers
+            ]
+            await send(
+                {"type": "http.response.start", "status": response.status, "headers": headers}
+            )
+            await send({"type": "http.response.body", "body": response.body})
+        return False
+    return True
 
 
 async def _send_event(send: Send, op: Operation, *, retry: float | None = None) -> None:

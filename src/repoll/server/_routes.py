@@ -108,13 +108,43 @@ class RouteTable:
         self._app = app
         self._count = -1
         self._chains: list[tuple[_Chain, int]] = []
+        self._by_host = False
+        # Answers by what they depend on: method, path, root path, and the
+        # host when a Host route is in the table. Each route's matches() costs
+        # a microsecond or two, and every request of the app asks; a handful
+        # of paths make most of them. Bounded, and emptied when full, so that
+        # a flood of distinct paths costs what matching does.
+        self._known: dict[tuple[str, str, str, str], int] = {}
 
     def __call__(self, scope: Scope) -> int:
         routes = self._app.routes
         if len(routes) != self._count:
             self._chains = _chains(routes)
             self._count = len(routes)
+            self._by_host = any(isinstance(route, Host) for c, _ in self._chains for route in c)
+            self._known.clear()
+        host = _host(scope) if self._by_host else ""
+        key = (scope["method"], scope["path"], scope.get("root_path", ""), host)
+        kind = self._known.get(key)
+        if kind is None:
+            kind = self._match(scope)
+            if len(self._known) >= _KNOWN_MAX:
+                self._known.clear()
+            self._known[key] = kind
+        return kind
+
+    def _match(self, scope: Scope) -> int:
         for chain, kind in self._chains:
             if _matches(chain, scope):
                 return kind
         return NEVER
+
+
+_KNOWN_MAX = 1024
+
+
+def _host(scope: Scope) -> str:
+    for name, value in scope.get("headers", ()):
+        if name == b"host":
+            return str(value.decode("latin-1"))
+    return ""

@@ -16,9 +16,11 @@ only by other connections' commits) and reads the new rows when it moves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import sqlite3
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -92,7 +94,7 @@ class SQLiteStore:
         self.exact_liveness = self.shared
         self._timeout = timeout
         # Terminal records never change again (only expiry drops them), so the
-        # most recent ones are served from memory: replays cost no thread hop.
+        # most recently read are served from memory: replays cost no thread hop.
         # Bounded by bytes too: a few large responses must not hold the RSS.
         self._terminal: OrderedDict[str, tuple[Operation, int]] = OrderedDict()
         self._cache_size = cache_size
@@ -106,6 +108,11 @@ class SQLiteStore:
         self._owners = OwnerLocks(Path(f"{self.path}-owners")) if self.shared else None
         self._secret: bytes | None = None
         self._next_sweep = 0.0  # read and written by whichever writer runs a publish
+        # Inserts queued by create_soon() and not yet run, by operation id.
+        # The lock orders a compare-and-set that joins one (on the loop)
+        # against the insert starting, which may run on the thread.
+        self._creating: dict[str, _PendingCreate] = {}
+        self._creating_lock = threading.Lock()
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
         return StoreUnavailable(f"SQLite store {self.path}: {exc}")
@@ -137,12 +144,12 @@ class SQLiteStore:
         except sqlite3.OperationalError as exc:
             raise self._unavailable(exc) from exc
         if self.shared:  # a second connection to ":memory:" would be another database
-            self._loop_writer = LoopWriter(self.path, self._worker)
+            self._loop_writer = LoopWriter(self.path, self._worker, timeout=self._timeout)
 
     async def close(self) -> None:
         if self._watcher is not None:
             watcher, self._watcher = self._watcher, None
-            await asyncio.to_thread(watcher.stop)
+            watcher.stop()
         if self._owners is not None:
             await asyncio.to_thread(self._owners.close)
         if self._loop_writer is not None:
@@ -171,6 +178,49 @@ class SQLiteStore:
                 raise ValueError(msg) from exc
 
         await self._run(insert, small_write=True)
+
+    def create_soon(self, operation: Operation) -> asyncio.Future[None] | None:
+        """Queue the insert of ``operation`` with this turn's writes and return at once.
+
+        The future is done when the record is stored, or fails with the
+        driver's error. Until the insert runs, a compare-and-set on the
+        operation joins it and returns True at once: work that ends in the
+        same turn of the loop is stored with one write, its outcome, whose
+        fate is the future's. The caller must await the future before it
+        gives out the operation's URL. None where the insert cannot be queued
+        on this event loop; the caller then awaits :meth:`create`.
+        """
+        writer = self._loop_writer
+        if writer is None or not writer.on_loop():
+            return None
+        pending = _PendingCreate(operation)
+        self._creating[operation.id] = pending
+        creating, lock = self._creating, self._creating_lock
+
+        def insert(c: sqlite3.Connection) -> None:
+            with lock:  # from here on, the record to insert is fixed
+                creating.pop(pending.operation.id, None)
+                pending.taken = True
+                row = encode_row(pending.operation)
+            try:
+                c.execute(_SQL.insert, row)
+            except sqlite3.IntegrityError as exc:  # 128 random bits twice
+                msg = f"duplicate operation id {operation.id}"
+                raise ValueError(msg) from exc
+
+        stored = writer.submit(insert)
+
+        def done(written: asyncio.Future[None]) -> None:
+            # An insert that never ran (its transaction could not begin)
+            # leaves nothing to join either. A failure is its creator's to
+            # report; if the creator is gone (its client left), it was nobody's.
+            creating.pop(operation.id, None)
+            if not written.cancelled():
+                written.exception()
+
+        stored.add_done_callback(done)
+        pending.stored = stored
+        return stored
 
     def _remember(self, operation: Operation) -> None:
         # An expired record is purged soon, here or elsewhere: the file has the truth.
@@ -244,6 +294,7 @@ class SQLiteStore:
             await asyncio.to_thread(watcher.start)
         except sqlite3.Error as exc:
             raise self._unavailable(exc) from exc
+        watcher.run_on(asyncio.get_running_loop())
         self._watcher = watcher
 
     async def announce_cancel(self, operation_id: str) -> None:
@@ -293,6 +344,9 @@ class SQLiteStore:
         return None if row is None else decode_row(row)
 
     async def compare_and_set(self, operation: Operation, *, expected_version: int) -> bool:
+        pending = self._creating.get(operation.id)
+        if pending is not None and await self._join_create(pending, operation, expected_version):
+            return True
         params = update_params(operation, expected_version)
         watched = self.shared and operation.status.is_terminal
 
@@ -306,10 +360,34 @@ class SQLiteStore:
                 self._publish(c, "finished", operation.id)
             return True
 
-        updated = await self._run(update, small_write=True)
-        if updated:
-            self._remember(operation)
-        return updated
+        # Not cached here, only when read (get): most outcomes are never read
+        # back (a held poll is handed the record, a joined start's client has
+        # its response), and a cache churning at the rate of starts held
+        # thousands of records for the collector to walk: 6 to 9 % of the
+        # starts per second (docs/performance.md).
+        return bool(await self._run(update, small_write=True))
+
+    async def _join_create(
+        self, pending: _PendingCreate, operation: Operation, expected_version: int
+    ) -> bool:
+        """Store ``operation`` with its own queued insert, if that has not run yet.
+
+        True when joined so, at once: the insert's future (``create_soon``)
+        says whether it was stored, and whoever created the operation awaits
+        it before giving out its URL. False when the update must be an
+        update: the insert has started (it is awaited first, so the update
+        follows it) or holds another version. No event is published for a
+        joined write: before its insert commits nobody anywhere knows the id.
+        """
+        with self._creating_lock:
+            if not pending.taken and pending.operation.version == expected_version:
+                pending.operation = operation
+                return True
+        if pending.stored is not None:
+            # If it failed, the update finds no record; its creator says why.
+            with contextlib.suppress(sqlite3.Error, ValueError):
+                await asyncio.shield(pending.stored)
+        return False
 
     async def unfinished(self) -> list[Operation]:
         def select(c: sqlite3.Connection) -> list[tuple[Any, ...]]:
@@ -329,3 +407,14 @@ class SQLiteStore:
             return deleted
 
         return await self._run(purge)
+
+
+class _PendingCreate:
+    """An insert queued by :meth:`SQLiteStore.create_soon`: what it will write, once it runs."""
+
+    __slots__ = ("operation", "stored", "taken")
+
+    def __init__(self, operation: Operation) -> None:
+        self.operation = operation
+        self.taken = False  # the insert has read ``operation``: too late to change it
+        self.stored: asyncio.Future[None] | None = None

@@ -13,13 +13,18 @@ turn commits in one transaction, with no thread hop. In WAL mode with
 ``synchronous=NORMAL`` a commit appends to the WAL in the page cache and
 never waits for the disk, and the loop's connection never waits for a lock:
 
-* when another process (or this store's thread) holds SQLite's write lock,
-  ``BEGIN IMMEDIATE`` fails at once and the batch goes to the thread, which
-  waits its turn; so do the writes of the next ``busy_pause`` seconds, and
-  then the loop tries again (a checkpoint holds the lock for milliseconds;
-  another process may hold it for longer);
-* a batch that took longer than ``slow`` (a disk under pressure) sends every
-  write to the thread for ``cooldown`` seconds;
+* when another process (or this store's thread, checkpointing) holds
+  SQLite's write lock, ``BEGIN IMMEDIATE`` fails at once; the batch stays
+  queued and the loop tries again a moment later (1 ms, doubling to 20 ms),
+  with whatever queued meanwhile behind it, in order. Handing such a batch
+  to the thread instead made the thread's transaction the next one the loop
+  found in its way: under load a tenth of all writes ended up crossing
+  threads. Only a lock held for the whole busy timeout sends the queue to
+  the thread, which waits out its own timeout and fails as any write would;
+* a commit that took longer than ``slow`` (a disk under pressure) sends
+  every write to the thread for ``cooldown`` seconds. Only the commit is
+  timed: the jobs before it are Python, which a garbage collection pass can
+  stretch, and no reason to leave the loop;
 * writes in flight at the same time may commit in either order: each caller
   awaits its own write before the next one that depends on it (an operation
   is created before it is updated), so no two pending writes depend on each
@@ -52,6 +57,9 @@ _BUSY = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (primary codes)
 
 _Job = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
 _BATCH = 256
+# A batch that finds the write lock taken is tried again after these pauses.
+_FIRST_RETRY = 0.001
+_LAST_RETRY = 0.02
 # Signals on the writer thread's queue, besides jobs: stop (None), checkpoint
 # between two batches, and "nothing more queued for now".
 _CHECKPOINT = object()
@@ -206,12 +214,12 @@ class LoopWriter:
         path: str,
         thread: ThreadWriter,
         *,
+        timeout: float = 5.0,
         slow: float = 0.05,
         cooldown: float = 30.0,
-        busy_pause: float = 0.01,
         checkpoint_every: int = 500,
     ) -> None:
-        # timeout=0: never wait for SQLite's lock on the loop; hand over instead.
+        # timeout=0: never wait for SQLite's lock on the loop; try again later.
         self._connection = sqlite3.connect(
             path, timeout=0, isolation_level=None, check_same_thread=False
         )
@@ -219,24 +227,27 @@ class LoopWriter:
         self._connection.execute("PRAGMA wal_autocheckpoint=0")
         self._thread = thread
         self._loop = asyncio.get_running_loop()
+        self._timeout = timeout
         self._slow = slow
         self._cooldown = cooldown
-        self._busy_pause = busy_pause
         self._checkpoint_every = checkpoint_every
         self._batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
         self._scheduled = False
-        # Until then, writes go to the thread: the last batch found the lock
-        # taken (busy) or took too long (slow).
-        self._busy_until = 0.0
+        # Until then, writes go to the thread: the last commit took too long.
         self._slow_until = 0.0
+        # Since when the lock has been taken, and the pause before the next try.
+        self._busy_since: float | None = None
+        self._retry_pause = _FIRST_RETRY
+        self._next_try = 0.0
         self._commits = 0
+        self.busy_retries = 0  # batches put back because the lock was taken
 
     def submit(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             return self._thread.submit(fn)  # its own loop: no order to keep with ours
-        if self._on_thread():
-            return self._hand_over(fn)
+        # Even when writing from the thread (slow), through the queue: handed
+        # over in order behind what is queued already.
         future: asyncio.Future[T] = loop.create_future()
         self._batch.append((fn, future))
         if not self._scheduled:
@@ -244,47 +255,54 @@ class LoopWriter:
             loop.call_soon(self._flush)
         return future
 
-    def _on_thread(self) -> bool:
-        now = time.monotonic()
-        return now < self._busy_until or now < self._slow_until
-
-    def _hand_over(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
-        return self._thread.submit(fn)
+    def on_loop(self) -> bool:
+        """True if a write submitted now is queued on this writer's loop (whatever then runs it)."""
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
 
     def _hand_over_batch(
         self, batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]
     ) -> None:
         for fn, future in batch:
-            inner = self._hand_over(fn)
+            inner = self._thread.submit(fn)
             inner.add_done_callback(functools.partial(_relay, outer=future))
 
     def _flush(self) -> None:
         # At most _BATCH jobs per turn, like the thread: a burst (ten thousand
         # operations ending at once) is written in slices, with the loop
         # answering in between, not in one long block.
+        self._scheduled = False
+        wait = self._next_try - time.monotonic()
+        if wait > 0:  # the lock was taken a moment ago: not yet
+            self._scheduled = True
+            self._loop.call_later(wait, self._flush)
+            return
         batch, self._batch = self._batch[:_BATCH], self._batch[_BATCH:]
-        self._scheduled = bool(self._batch)
-        if self._scheduled:
+        if self._batch:
+            self._scheduled = True
             self._loop.call_soon(self._flush)
         if not batch:
             return
-        if self._on_thread():
+        if time.monotonic() < self._slow_until:
             self._hand_over_batch(batch)
             return
         connection = self._connection
-        started = time.perf_counter()
         try:
             connection.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError:  # another writer holds the lock: wait elsewhere
-            self._busy_until = time.monotonic() + self._busy_pause
-            self._hand_over_batch(batch)
+        except sqlite3.OperationalError:  # another writer holds the lock
+            self._wait_for_lock(batch)
             return
+        self._busy_since = None
+        self._retry_pause = _FIRST_RETRY
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         for fn, future in batch:
             try:
                 results.append((future, fn(connection), None))
             except Exception as exc:
                 results.append((future, None, exc))
+        started = time.perf_counter()
         try:
             connection.execute("COMMIT")
         except sqlite3.Error:
@@ -296,7 +314,7 @@ class LoopWriter:
         if took > self._slow:
             self._slow_until = time.monotonic() + self._cooldown
             logger.warning(
-                "SQLite store: a write on the event loop took %.0f ms; "
+                "SQLite store: a commit on the event loop took %.0f ms; "
                 "writing from its thread for %.0f s",
                 took * 1000,
                 self._cooldown,
@@ -306,6 +324,28 @@ class LoopWriter:
             self._thread.checkpoint()
         for future, value, error in results:
             _resolve(future, value, error)
+
+    def _wait_for_lock(
+        self, batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]
+    ) -> None:
+        """Keep ``batch`` first in line and try again shortly, or give up on the loop."""
+        now = time.monotonic()
+        if self._busy_since is None:
+            self._busy_since = now
+        self.busy_retries += 1
+        if now - self._busy_since >= self._timeout:
+            # Held for the whole timeout: the thread waits once more, then fails.
+            queued, self._batch = [*batch, *self._batch], []
+            self._busy_since = None
+            self._retry_pause = _FIRST_RETRY
+            self._hand_over_batch(queued)
+            return
+        self._batch[:0] = batch
+        self._next_try = now + self._retry_pause
+        self._retry_pause = min(self._retry_pause * 2, _LAST_RETRY)
+        if not self._scheduled:  # else a flush is due, and puts itself off until then
+            self._scheduled = True
+            self._loop.call_later(self._next_try - now, self._flush)
 
     def close(self) -> None:
         """Write whatever is queued (on the thread), then close the loop's connection."""

@@ -25,6 +25,7 @@ unfinished operation was left by its previous life and is lost).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import secrets
 from collections.abc import Callable
@@ -135,6 +136,21 @@ class SharedStore(Store, Protocol):
 
     async def live_owners(self) -> set[str]:
         """The owners whose last heartbeat has not expired."""
+
+
+def create_soon(store: Store, operation: Operation) -> asyncio.Future[None] | None:
+    """Queue the creation of ``operation`` if ``store`` can, and return at once.
+
+    A store may offer ``create_soon(operation)``: the record is written with
+    the store's next batch, and a compare-and-set issued before then is
+    written with it (SQLite, whose writes are batched per turn of the event
+    loop). The future is done when the record is stored, or fails as
+    ``create`` would. None from a store without it: await ``create``.
+    """
+    queue = getattr(store, "create_soon", None)
+    if queue is None:
+        return None
+    return cast("asyncio.Future[None] | None", queue(operation))
 
 
 # Whether a class implements SharedStore. Asked on every cancellation and
