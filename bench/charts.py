@@ -46,18 +46,13 @@ def _pyplot() -> Any:
     return plt
 
 
-# Set by draw(): whether results of a --smoke run may be drawn. Not into the
-# committed charts: after the test suite's smoke run, a later partial run
-# (--only) would otherwise redraw every chart from seconds-long noise.
-_smoke_allowed = True
-
-
-def _load(results: Path, name: str) -> dict[str, Any] | None:
+def _load(results: Path, name: str, *, smoke: bool) -> dict[str, Any] | None:
+    """A benchmark's results; None if there are none, or only a --smoke run's and not ``smoke``."""
     path = results / f"{name}.json"
     if not path.exists():
         return None
     data: dict[str, Any] = json.loads(path.read_text())
-    if data.get("smoke") and not _smoke_allowed:
+    if data.get("smoke") and not smoke:
         return None
     return data
 
@@ -82,9 +77,11 @@ def _colours(labels: list[str]) -> list[str]:
     return [_HIGHLIGHT if label.startswith("repoll") else _PLAIN for label in labels]
 
 
-def _strategies(plt: Any, results: Path, out: Path, name: str, title: str) -> Path | None:
+def _strategies(
+    plt: Any, results: Path, out: Path, name: str, title: str, *, smoke: bool
+) -> Path | None:
     """Requests per operation and delay, per polling strategy: polling.json, defaults.json."""
-    data = _load(results, name)
+    data = _load(results, name, smoke=smoke)
     if data is None:
         return None
     rows = data["rows"]
@@ -104,8 +101,8 @@ def _strategies(plt: Any, results: Path, out: Path, name: str, title: str) -> Pa
     return _save(plt, figure, out, name)
 
 
-def _throughput(plt: Any, results: Path, out: Path) -> Path | None:
-    data = _load(results, "throughput")
+def _throughput(plt: Any, results: Path, out: Path, *, smoke: bool) -> Path | None:
+    data = _load(results, "throughput", smoke=smoke)
     if data is None:
         return None
     rows = [row for row in data["rows"] if row["store"] != "-"][::-1]
@@ -122,8 +119,8 @@ def _throughput(plt: Any, results: Path, out: Path) -> Path | None:
     return _save(plt, figure, out, "throughput")
 
 
-def _held_polls(plt: Any, results: Path, out: Path) -> Path | None:
-    data = _load(results, "scale")
+def _held_polls(plt: Any, results: Path, out: Path, *, smoke: bool) -> Path | None:
+    data = _load(results, "scale", smoke=smoke)
     if data is None:
         return None
     rows = data["held"]
@@ -174,16 +171,18 @@ def _budgets(plt: Any, out: Path) -> Path:
 def draw(results: Path = RESULTS, out: Path = CHARTS, *, smoke: bool = True) -> list[Path]:
     """Every chart the results in ``results`` allow, written to ``out``; the paths written.
 
-    ``smoke=False`` leaves out results of a ``--smoke`` run (their chart is not redrawn).
+    ``smoke=False`` leaves out results of a ``--smoke`` run (their chart is not
+    redrawn): after the test suite's smoke run, a partial run (``--only``)
+    would otherwise redraw the committed charts from seconds-long noise.
     """
-    global _smoke_allowed  # noqa: PLW0603 - one drawing at a time
-    _smoke_allowed = smoke
     plt = _pyplot()
     drawers: list[Callable[[], Path | None]] = [
-        lambda: _strategies(plt, results, out, "polling", "Polling strategies"),
-        lambda: _strategies(plt, results, out, "defaults", "The repoll client at its defaults"),
-        lambda: _throughput(plt, results, out),
-        lambda: _held_polls(plt, results, out),
+        lambda: _strategies(plt, results, out, "polling", "Polling strategies", smoke=smoke),
+        lambda: _strategies(
+            plt, results, out, "defaults", "The repoll client at its defaults", smoke=smoke
+        ),
+        lambda: _throughput(plt, results, out, smoke=smoke),
+        lambda: _held_polls(plt, results, out, smoke=smoke),
         lambda: _budgets(plt, out),
     ]
     return [path for drawer in drawers if (path := drawer()) is not None]

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 from contextlib import ExitStack
+from typing import NamedTuple
 
 import httpx
 
@@ -67,6 +68,22 @@ def _finished_operation(url: str) -> str:
     return response.headers["content-location"]
 
 
+class _Probe(NamedTuple):
+    """One path measured: which server, what request, and the status it must get."""
+
+    store: str
+    label: str
+    url: str
+    pid: int
+    method: str
+    path: str
+    headers: tuple[str, ...] = ()
+    expect: int = 200
+
+    def load(self, seconds: float) -> float:
+        return _load(self.url, self.method, self.path, seconds, *self.headers, expect=self.expect)
+
+
 def run(seconds: float, rounds: int = 7) -> list[dict[str, object]]:
     """``rounds`` rounds of every path, each measured for ``seconds``."""
     with ExitStack() as stack:
@@ -74,69 +91,51 @@ def run(seconds: float, rounds: int = 7) -> list[dict[str, object]]:
         plain_url, plain_pid = stack.enter_context(
             server_process(["bench.apps:plain_app", "--factory"])
         )
-        # (store, path, method, label, url, pid, headers, expected status)
-        paths: list[tuple[str, str, str, str, str, int, tuple[str, ...], int]] = [
-            ("-", "/plain", "GET", "plain Starlette JSON endpoint", plain_url, plain_pid, (), 200)
+        paths = [
+            _Probe("-", "plain Starlette JSON endpoint", plain_url, plain_pid, "GET", "/plain")
         ]
-        for store_name, store in (("memory", "memory://"), ("sqlite", f"sqlite:///{tmp}/ops.db")):
+        for name, store in (("memory", "memory://"), ("sqlite", f"sqlite:///{tmp}/ops.db")):
             url, pid = stack.enter_context(
                 server_process(["bench.apps:repoll_app", "--factory"], env={"REPOLL_STORE": store})
             )
             operation = _finished_operation(url)
             paths += [
-                (
-                    store_name,
-                    "/plain",
-                    "GET",
-                    "plain endpoint behind the middleware",
-                    url,
-                    pid,
-                    (),
-                    200,
-                ),
-                (
-                    store_name,
-                    operation,
-                    "GET",
+                _Probe(name, "plain endpoint behind the middleware", url, pid, "GET", "/plain"),
+                _Probe(
+                    name,
                     "status GET (final replay)",
-                    url,
-                    pid,
-                    ("Prefer: wait=0",),
-                    200,
+                    *(url, pid, "GET", operation),
+                    headers=("Prefer: wait=0",),
                 ),
                 # Work that ends before its record is written: one write, and
                 # the final response at once (protocol 3.6).
-                (store_name, "/start", "POST", "start, work ends at once (200)", url, pid, (), 200),
+                _Probe(name, "start, work ends at once (200)", url, pid, "POST", "/start"),
                 # Work that ends a turn of the loop later: the 303, then the outcome.
-                (
-                    store_name,
-                    "/start_next_turn",
-                    "POST",
+                _Probe(
+                    name,
                     "start, work ends after the answer (303)",
-                    url,
-                    pid,
-                    (),
-                    303,
+                    *(url, pid, "POST", "/start_next_turn"),
+                    expect=303,
                 ),
             ]
-        for _, path, method, _, url, _, headers, expect in paths:  # warm-up
-            _load(url, method, path, min(1.0, seconds), *headers, expect=expect)
+        for probe in paths:  # warm-up
+            probe.load(min(1.0, seconds))
         rps: list[list[float]] = [[] for _ in paths]
         cpu: list[list[float]] = [[] for _ in paths]
         for _ in range(rounds):
-            for index, (_, path, method, _, url, pid, headers, expect) in enumerate(paths):
-                before = cpu_seconds(pid)
-                rate = _load(url, method, path, seconds, *headers, expect=expect)
-                used = cpu_seconds(pid) - before
+            for index, probe in enumerate(paths):
+                before = cpu_seconds(probe.pid)
+                rate = probe.load(seconds)
+                used = cpu_seconds(probe.pid) - before
                 rps[index].append(rate)
                 cpu[index].append(used / (rate * seconds) * 1e6 if rate else float("nan"))
     rows = []
-    for index, (store_name, _, _, label, _, _, _, _) in enumerate(paths):
+    for index, probe in enumerate(paths):
         ratios = [mine / base for mine, base in zip(rps[index], rps[0], strict=True)]
         rows.append(
             {
-                "store": store_name,
-                "path": label,
+                "store": probe.store,
+                "path": probe.label,
                 "rps": statistics.median(rps[index]),
                 "ratio": statistics.median(ratios),
                 "ratio_min": min(ratios),

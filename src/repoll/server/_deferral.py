@@ -497,16 +497,6 @@ class DeferrableRequest:
         """What the app answered, if it finished answering; None before that."""
         if self._captured_status is None or not self._captured_complete:
             return None
-        return self._captured_response()
-
-    def _captured_response(self) -> StoredResponse:
-        if self._captured_status is None or not self._captured_complete:
-            return replies.stored_problem(
-                500,
-                "The operation failed",
-                "The endpoint ended without a complete response.",
-                kind="operation-failed",
-            )
         if self._captured_size > self.server.max_response_size:
             return replies.stored_problem(
                 500,
@@ -518,6 +508,17 @@ class DeferrableRequest:
         return StoredResponse(
             self._captured_status, self._captured_headers, b"".join(self._captured_body)
         )
+
+    def _captured_response(self) -> StoredResponse:
+        captured = self.captured_response()
+        if captured is None:
+            return replies.stored_problem(
+                500,
+                "The operation failed",
+                "The endpoint ended without a complete response.",
+                kind="operation-failed",
+            )
+        return captured
 
 
 def _outcome_name(

@@ -355,14 +355,8 @@ async def _stored(
             child.cancel()
             await send_reply(send, replies.store_unavailable())
         else:
-            headers = [
-                (name.encode("latin-1"), value.encode("latin-1"))
-                for name, value in response.headers
-            ]
-            await send(
-                {"type": "http.response.start", "status": response.status, "headers": headers}
-            )
-            await send({"type": "http.response.body", "body": response.body})
+            reply = replies.Reply(response.status, list(response.headers), response.body)
+            await send_reply(send, reply)
         return False
     return True
 

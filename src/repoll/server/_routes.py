@@ -22,6 +22,7 @@ from collections.abc import Callable, MutableMapping, Sequence
 from typing import Any, Final, TypeVar
 
 from .._errors import MissingExtraError
+from ._scope import first_header
 
 try:
     from starlette.routing import BaseRoute, Host, Match, Mount, Route
@@ -123,7 +124,7 @@ class RouteTable:
             self._count = len(routes)
             self._by_host = any(isinstance(route, Host) for c, _ in self._chains for route in c)
             self._known.clear()
-        host = _host(scope) if self._by_host else ""
+        host = first_header(scope, b"host") if self._by_host else ""
         key = (scope["method"], scope["path"], scope.get("root_path", ""), host)
         kind = self._known.get(key)
         if kind is None:
@@ -141,10 +142,3 @@ class RouteTable:
 
 
 _KNOWN_MAX = 1024
-
-
-def _host(scope: Scope) -> str:
-    for name, value in scope.get("headers", ()):
-        if name == b"host":
-            return str(value.decode("latin-1"))
-    return ""

@@ -53,7 +53,6 @@ _SCHEMA = "".join(
     )
 )
 _SQL = Statements.marked("?")
-_BUSY = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (primary codes)
 
 # Events are for instances that are up now; a watcher that falls further
 # behind than this resyncs anyway. Sweeping rides on a write transaction.
@@ -199,7 +198,6 @@ class SQLiteStore:
 
         def insert(c: sqlite3.Connection) -> None:
             with lock:  # from here on, the record to insert is fixed
-                creating.pop(pending.operation.id, None)
                 pending.taken = True
                 row = encode_row(pending.operation)
             try:
@@ -211,9 +209,9 @@ class SQLiteStore:
         stored = writer.submit(insert)
 
         def done(written: asyncio.Future[None]) -> None:
-            # An insert that never ran (its transaction could not begin)
-            # leaves nothing to join either. A failure is its creator's to
-            # report; if the creator is gone (its client left), it was nobody's.
+            # Written or failed: nothing to join any more. A failure is its
+            # creator's to report; if the creator is gone (its client left),
+            # it was nobody's.
             creating.pop(operation.id, None)
             if not written.cancelled():
                 written.exception()
