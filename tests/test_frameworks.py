@@ -281,7 +281,10 @@ def test_django_ordinary_sync_views_stay_fast_while_deferred_sync_views_run(
             )
             assert [r.json()["status"] for r in ended] == ["canceled"] * 4
     timings.sort()
-    assert timings[int(len(timings) * 0.9)] < 0.1, timings  # 90th percentile
+    # 90th percentile. A view starved of threads would wait for a 30 s one;
+    # under a loaded CI run (the other test process busy) two of twenty
+    # answers once took 0.14 s, against about 2 ms at the median.
+    assert timings[int(len(timings) * 0.9)] < 0.5, timings
     print(f"ordinary sync view during 4 deferred ones: median {statistics.median(timings):.4f} s")
 
 
